@@ -1,0 +1,16 @@
+"""Candidate activation functions as safe symbolic formulas, and the EAFO theory.
+
+    >>> import spaces
+    >>> c = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}, learnable=["eps"])
+    >>> act = c.to_module()          # nn.Module with one scalar parameter `eps`
+"""
+from spaces.bases import get_base, list_bases
+from spaces.candidate import DEFAULT_INIT, Candidate, Coefficient, parse
+from spaces.sanity import sanity_check
+from spaces.space import BASELINES, Space, get_space, list_spaces, register_space
+
+# Importing a space module registers it.
+from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa: E402,F401
+
+__all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases",
+           "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space"]

@@ -1,0 +1,396 @@
+"""Sympy expression -> torch source code.
+
+One generator serves both uses: `Candidate.to_module()` executes the generated
+module source in a fresh namespace, and `search.export` writes the very same
+source to a file. The source is printed from the sympy expression tree, node
+by node, by the printer below; the only names in it are `x`, `g`, generated
+temporaries and coefficient names that passed `check_name`. No text of the
+user's formula string is ever copied into it.
+
+Backward is the sympy derivative, with common subexpressions shared between
+the input gradient and the coefficient gradients (`sympy.cse`), so the
+autograd.Function saves only the input (and the scalar coefficients).
+"""
+from __future__ import annotations
+
+import math
+
+import sympy as sp
+
+from spaces import functions as fn
+from spaces.functions import X
+from spaces.parse import check_name
+
+_UNARY_TORCH = {
+    sp.exp: "torch.exp",
+    sp.log: "torch.log",
+    sp.sin: "torch.sin",
+    sp.cos: "torch.cos",
+    sp.tanh: "torch.tanh",
+    sp.atan: "torch.atan",
+    sp.asinh: "torch.asinh",
+    sp.erf: "torch.erf",
+    sp.Abs: "torch.abs",
+    sp.sign: "torch.sign",
+    fn.relu: "torch.relu",
+    fn.sigmoid: "torch.sigmoid",
+    fn.softplus: "F.softplus",
+    fn.silu: "F.silu",
+    fn.mish: "F.mish",
+    fn.gelu: "F.gelu",
+    fn.elu: "F.elu",
+    fn.celu: "F.celu",
+    fn.selu: "torch.selu",
+    fn.hardswish: "F.hardswish",
+}
+_SPECIAL_TORCH = {
+    fn.gelu_tanh: "F.gelu({}, approximate='tanh')",
+    fn.leaky_relu: "F.leaky_relu({}, 0.01)",
+    fn.step: "({} > 0).to(x.dtype)",
+}
+_RELATIONS = {
+    sp.StrictGreaterThan: ">",
+    sp.GreaterThan: ">=",
+    sp.StrictLessThan: "<",
+    sp.LessThan: "<=",
+}
+
+
+def _float_literal(value: sp.Expr) -> str:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"constant {value} is not finite")
+    return repr(v)
+
+
+class TorchPrinter:
+    """Prints a sympy expression as a torch expression string."""
+
+    def __init__(self, names: dict[sp.Symbol, str]):
+        # names: every symbol the expression may contain -> its Python name.
+        self.names = names
+
+    def doprint(self, e: sp.Expr) -> str:
+        return self._p(e)
+
+    @staticmethod
+    def _tensorish(e: sp.Expr) -> bool:
+        # x, coefficients (0-dim tensors) and temporaries are all tensors;
+        # symbol-free subexpressions are folded to Python floats.
+        return bool(e.free_symbols)
+
+    def _p(self, e) -> str:
+        if isinstance(e, sp.Symbol):
+            try:
+                return self.names[e]
+            except KeyError:
+                raise ValueError(f"unbound symbol {e} in expression") from None
+        if isinstance(e, (bool, sp.logic.boolalg.BooleanAtom)):
+            return "True" if bool(e) else "False"
+        if not e.free_symbols:
+            return _float_literal(e)  # pi, exp(-1/2), Rational: fold to a float
+        if isinstance(e, sp.Add):
+            terms = [self._p(a) for a in e.args]
+            out = terms[0]
+            for t in terms[1:]:
+                out = f"{out} - {t[1:]}" if t.startswith("-") else f"{out} + {t}"
+            return f"({out})"
+        if isinstance(e, sp.Mul):
+            return self._mul(e)
+        if isinstance(e, sp.Pow):
+            return self._pow(e.base, e.exp)
+        if isinstance(e, sp.Piecewise):
+            return self._piecewise(e)
+        if isinstance(e, sp.core.relational.Relational):
+            op = _RELATIONS.get(type(e))
+            if op is None:
+                raise ValueError(f"relation {type(e).__name__} is not supported")
+            return f"({self._p(e.lhs)} {op} {self._p(e.rhs)})"
+        if isinstance(e, sp.And):
+            return "(" + " & ".join(self._p(a) for a in e.args) + ")"
+        if isinstance(e, sp.Or):
+            return "(" + " | ".join(self._p(a) for a in e.args) + ")"
+        if isinstance(e, (sp.Max, sp.Min)):
+            return self._maxmin(e)
+        if isinstance(e, sp.Heaviside):
+            a = self._as_tensor(e.args[0])
+            h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+            return f"torch.heaviside({a}, x.new_full((), {self._p(h0)}))"
+        if isinstance(e, sp.DiracDelta):
+            return "0.0"  # derivative of a step: zero almost everywhere
+        func = type(e)
+        if func in _UNARY_TORCH:
+            return f"{_UNARY_TORCH[func]}({self._as_tensor(e.args[0])})"
+        if func in _SPECIAL_TORCH:
+            return _SPECIAL_TORCH[func].format(self._as_tensor(e.args[0]))
+        raise ValueError(f"cannot generate torch code for {func.__name__}")
+
+    def _as_tensor(self, e) -> str:
+        s = self._p(e)
+        return s if self._tensorish(e) else f"torch.as_tensor({s})"
+
+    def _mul(self, e: sp.Mul) -> str:
+        num, den = [], []
+        coeff, factors = e.as_coeff_mul()
+        for f in factors:
+            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+                den.append(self._pow(f.base, -f.exp))
+            else:
+                num.append(self._p(f))
+        sign = ""
+        if coeff == -1:
+            sign = "-"
+        elif coeff != 1:
+            num.insert(0, _float_literal(coeff))
+        top = " * ".join(num) if num else "1.0"
+        body = top if not den else f"{top} / {' / '.join(den)}" if len(den) == 1 else \
+            f"{top} / ({' * '.join(den)})"
+        return f"{sign}({body})"
+
+    def _pow(self, base, exp) -> str:
+        b = self._p(base)
+        if exp == 1:
+            return b
+        if exp == 2:
+            return f"torch.square({b})" if self._tensorish(base) else f"({b} * {b})"
+        if exp == sp.Rational(1, 2):
+            return f"torch.sqrt({self._as_tensor(base)})"
+        if exp == -1:
+            return f"torch.reciprocal({self._as_tensor(base)})"
+        if exp == sp.Rational(-1, 2):
+            return f"torch.rsqrt({self._as_tensor(base)})"
+        if exp.is_Integer and 2 < exp <= 16 and self._tensorish(base):
+            return f"torch.pow({b}, {int(exp)})"
+        if base == sp.E:
+            return f"torch.exp({self._as_tensor(exp)})"
+        if not base.free_symbols:
+            return f"torch.pow({_float_literal(base)}, {self._as_tensor(exp)})"
+        return f"torch.pow({self._as_tensor(base)}, {self._p(exp)})"
+
+    def _maxmin(self, e) -> str:
+        op, bound = ("torch.maximum", "min") if isinstance(e, sp.Max) else ("torch.minimum", "max")
+        args = list(e.args)
+        tensors = [a for a in args if self._tensorish(a)]
+        scalars = [a for a in args if not self._tensorish(a)]
+        if not tensors:
+            out = self._as_tensor(args[0])
+            for a in args[1:]:
+                out = f"{op}({out}, {self._as_tensor(a)})"
+            return out
+        out = self._p(tensors[0])
+        for a in tensors[1:]:
+            out = f"{op}({out}, {self._p(a)})"
+        for a in scalars:
+            # clamp(min=) for Max, clamp(max=) for Min; works for floats and 0-dim tensors
+            out = f"torch.clamp({out}, {bound}={self._p(a)})"
+        return out
+
+    def _piecewise(self, e: sp.Piecewise) -> str:
+        pieces = list(e.args)
+        cond_last = pieces[-1].cond
+        if cond_last is not sp.true:
+            raise ValueError("Piecewise without a default branch cannot be generated")
+        out = self._branch(pieces[-1].expr)
+        for expr, cond in reversed(pieces[:-1]):
+            out = f"torch.where({self._p(cond)}, {self._branch(expr)}, {out})"
+        return out
+
+    def _branch(self, e) -> str:
+        # torch.where with two Python scalars would compute in float32; pin x's dtype.
+        return self._p(e) if self._tensorish(e) else f"x.new_full((), {self._p(e)})"
+
+
+def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str):
+    """Common subexpressions of `exprs` as assignment lines, and the printed results."""
+    temps = sp.numbered_symbols("_cse")
+    replacements, reduced = sp.cse(exprs, symbols=temps, optimizations="basic")
+    names = dict(names)
+    lines = []
+    for i, (sym, sub) in enumerate(replacements):
+        names[sym] = f"t{i}"
+        lines.append(f"{indent}t{i} = {TorchPrinter(names).doprint(sub)}")
+    printer = TorchPrinter(names)
+    return lines, [printer.doprint(r) for r in reduced]
+
+
+def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
+    """Source of `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`.
+
+    `expr` may contain only x and the symbols named in `learnable` (fixed
+    coefficients must already be substituted).
+    """
+    check_name(prefix.lstrip("_"), "function prefix")
+    syms = {X: "x"}
+    for n in learnable:
+        syms[sp.Symbol(check_name(n, "coefficient name"), real=True)] = n
+    extra = expr.free_symbols - set(syms)
+    if extra:
+        raise ValueError(f"expression has unbound symbols {sorted(map(str, extra))}")
+    args = ", ".join(["x", *learnable])
+    ind = "    "
+
+    fwd_lines, (fwd,) = _cse_lines([expr], syms, ind)
+    if expr == X:
+        fwd = "x.clone()"  # autograd.Function may not return its input as is
+    elif X not in expr.free_symbols:
+        fwd = f"torch.zeros_like(x) + {fwd}"  # a constant still has x's shape
+    derivs = [sp.diff(expr, X)] + [sp.diff(expr, s) for s in list(syms)[1:]]
+    bwd_lines, printed = _cse_lines(derivs, syms, ind)
+    grads = [f"g * {printed[0]}"]
+    for n, d in zip(learnable, printed[1:]):
+        # one scalar per coefficient: reduce in float32 at least, whatever g's dtype
+        grads.append(f"torch.sum(g * {d}, dtype=torch.promote_types(g.dtype, torch.float32))"
+                     f".reshape({n}.shape).to({n}.dtype)")
+    src = [
+        f"def {prefix}_fwd({args}):",
+        *fwd_lines,
+        f"{ind}return {fwd}",
+        "",
+        "",
+        f"def {prefix}_bwd({args}, g):",
+        *bwd_lines,
+        f"{ind}return ({', '.join(grads)},)",
+    ]
+    return "\n".join(src) + "\n"
+
+
+MODULE_TEMPLATE = '''\
+{docstring}
+import math  # noqa: F401  (kept so exported files read like hand-written ones)
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [{all_names}]
+
+FORMULA = {formula_literal}
+COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
+
+
+{functions}
+
+# Kernels the autograd.Function calls. `use_compiled_kernels()` swaps in
+# torch.compile'd versions: each becomes one fused elementwise kernel (C++ on
+# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost.
+_KERNELS = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd}}
+
+
+def use_compiled_kernels(enabled=True):
+    """Fuse forward and backward with torch.compile (first call compiles)."""
+    if enabled:
+        _KERNELS["fwd"] = torch.compile({prefix}_fwd, dynamic=True, fullgraph=True)
+        _KERNELS["bwd"] = torch.compile({prefix}_bwd, dynamic=True, fullgraph=True)
+    else:
+        _KERNELS["fwd"], _KERNELS["bwd"] = {prefix}_fwd, {prefix}_bwd
+
+
+def {func_name}(x, {coef_kwargs}inplace=False):
+    """Plain function: the formula composed from torch ops (autograd differentiates it)."""
+    return {prefix}_fwd(x{coef_tensors})
+
+
+class {class_name}Function(torch.autograd.Function):
+    """Memory-efficient form: saves only the input and the scalar coefficients."""
+
+    @staticmethod
+    def forward(x{coef_args}):
+        xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return _KERNELS["fwd"](xc{coef_args}).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, *coefficients = ctx.saved_tensors
+        low = x.dtype in (torch.float16, torch.bfloat16)
+        xc = x.float() if low else x
+        gc = g.float() if low else g
+        grads = _KERNELS["bwd"](xc, *coefficients, gc)
+        return (grads[0].to(x.dtype),) + tuple(grads[1:])
+
+
+class {class_name}(torch.nn.Module):
+    """{class_name} activation: ``{formula_doc}``.
+
+    Zero-argument constructible, so it works as timm's ``act_layer``; ``inplace``
+    is accepted for compatibility and ignored (the output is a new tensor).
+    Each learnable coefficient is one scalar ``nn.Parameter`` per instance.
+    """
+
+    function = {class_name}Function  # the autograd.Function forward applies
+
+    def __init__(self, inplace=False{init_kwargs}):
+        super().__init__()
+{param_lines}
+    def forward(self, x):
+        return {class_name}Function.apply(x{self_args})
+
+    def extra_repr(self):
+        return "formula=" + FORMULA
+'''
+
+
+def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str,
+                  func_name: str, formula: str, docstring: str) -> str:
+    """The full source of a standalone module implementing `expr`.
+
+    learnable: coefficient name -> initial value, in argument order.
+    formula: the canonical formula (sympy's printing of the parsed tree) for display.
+    """
+    check_name(class_name, "class name")
+    check_name(func_name, "function name")
+    names = list(learnable)
+    prefix = f"_{func_name}"
+    inits = {n: float(v) for n, v in learnable.items()}
+    for n, v in inits.items():
+        if not math.isfinite(v):
+            raise ValueError(f"initial value of {n} is not finite: {v}")
+    coef_args = "".join(f", {n}" for n in names)
+    params = "".join(
+        f"        self.{n} = torch.nn.Parameter(torch.tensor(float({n})))\n" for n in names)
+    return MODULE_TEMPLATE.format(
+        docstring=_docstring_literal(docstring),
+        all_names=", ".join(repr(s) for s in (func_name, class_name, f"{class_name}Function",
+                                               "use_compiled_kernels")),
+        formula_literal=repr(formula),
+        coefficients_literal=repr(inits),
+        functions=function_sources(expr, names, prefix),
+        func_name=func_name,
+        coef_kwargs="".join(f"{n}={inits[n]!r}, " for n in names),
+        prefix=prefix,
+        coef_tensors="".join(f", torch.as_tensor({n}, dtype=x.dtype, device=x.device)" for n in names),
+        class_name=class_name,
+        coef_args=coef_args,
+        formula_doc=_doc_safe(formula),
+        init_kwargs="".join(f", {n}={inits[n]!r}" for n in names),
+        param_lines=params or "        pass\n",
+        self_args="".join(f", self.{n}" for n in names),
+    )
+
+
+def _doc_safe(text: str) -> str:
+    # Formulas are printed by sympy from a parsed tree (names, digits, operators),
+    # but a docstring must never be closable from inside: refuse anything odd.
+    if any(c in text for c in ('"', "\\", "\n", "\r")) or not text.isprintable():
+        raise ValueError("text cannot be placed in a docstring")
+    return text
+
+
+def _docstring_literal(text: str) -> str:
+    lines = [_doc_safe(line) if line else "" for line in text.splitlines()]
+    return '"""' + "\n".join(lines) + '\n"""'
+
+
+def load_module_source(source: str, module_name: str):
+    """Execute generated source (never user text) in a fresh namespace."""
+    import types
+
+    module = types.ModuleType(module_name)
+    code = compile(source, f"<eafo-generated {module_name}>", "exec")
+    exec(code, module.__dict__)  # noqa: S102 - source printed from a sympy tree
+    return module
+
+
+__all__ = ["TorchPrinter", "function_sources", "module_source", "load_module_source"]

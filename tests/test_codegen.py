@@ -1,0 +1,158 @@
+"""Generated torch modules: forward vs an independent sympy reference, sympy
+backward vs numerical gradients (gradcheck, float64), dtypes, compile, timm."""
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import spaces
+from spaces.functions import X, to_elementary
+from spaces.space_eafo_default import BASES, correction_term
+
+FAMILIES = [("crrelu", 1), ("hermite", 0), ("hermite", 1), ("hermite", 2), ("hermite", 3), ("eafo", 1)]
+ALL_BASES = spaces.list_bases()
+
+
+def corrected(base, family, k, learnable=True, init=0.3):
+    return spaces.space.with_coefficient(spaces.get_base(base), correction_term(base, family, k),
+                                         "eps", init, learnable)
+
+
+def reference(candidate, xs):
+    """Independent reference: sympy's own lambdify of the elementary form (numpy/scipy)."""
+    f = sp.lambdify(X, to_elementary(candidate.substituted()), modules=["scipy", "numpy"])
+    return np.broadcast_to(f(xs), xs.shape)
+
+
+def gradcheck_module(candidate, xs):
+    m = candidate.to_module().double()
+    x = xs.clone().requires_grad_(True)
+    return torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def _points(n):
+    # Avoid the kinks of piecewise bases (0, +-3) where one-sided gradients differ.
+    xs = torch.linspace(-4.9, 5.1, n, dtype=torch.float64)
+    for kink in (0.0, 3.0, -3.0):
+        xs = xs[(xs - kink).abs() > 1e-3]
+    return xs
+
+
+@pytest.mark.parametrize("base", ALL_BASES)
+def test_gradcheck_every_base(base):
+    c = spaces.parse("x" if base == "identity" else f"{base}(x)")
+    assert gradcheck_module(c, _points(61))
+
+
+@pytest.mark.parametrize("family,k", FAMILIES)
+@pytest.mark.parametrize("base", ["relu", "gelu", "silu", "tanh", "elu", "mish"])
+def test_gradcheck_every_correction_family_including_coefficient(base, family, k):
+    c = corrected(base, family, k)
+    x = _points(41).requires_grad_(True)
+    eps = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    # gradcheck over the input and the learnable coefficient together
+    assert torch.autograd.gradcheck(c.module_class().function.apply, (x, eps),
+                                    eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family,k", FAMILIES)
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_forward_matches_lambdify_reference_on_10000_points(base, family, k):
+    c = corrected(base, family, k, learnable=False, init=0.2)
+    xs = np.linspace(-10, 10, 10_000)
+    ours = c.to_module().double()(torch.from_numpy(xs)).detach().numpy()
+    assert np.allclose(ours, reference(c, xs), atol=1e-6, rtol=1e-6)
+
+
+def test_learnable_coefficient_gradient_is_sum_of_pointwise_derivative():
+    c = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}, learnable=["eps"])
+    m = c.to_module().double()
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    g = torch.randn_like(x)
+    m(x).backward(g)
+    expected = (g * x * torch.exp(-x**2 / 2)).sum()
+    assert torch.allclose(m.eps.grad, expected, atol=1e-12)
+
+
+def test_each_module_instance_has_its_own_scalar_parameter():
+    cls = spaces.BASELINES["crrelu"].module_class()
+    a, b = cls(), cls(inplace=True)
+    assert a.eps is not b.eps and a.eps.shape == () and a.eps.item() == pytest.approx(0.01)
+    assert [n for n, _ in a.named_parameters()] == ["eps"]
+    assert "eps*x*exp(-x**2/2) + relu(x)" in repr(a)
+
+
+def test_fixed_coefficients_are_not_parameters():
+    c = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.5})
+    assert list(c.to_module().parameters()) == []
+
+
+def test_backward_saves_only_the_input_and_scalars():
+    m = spaces.BASELINES["crrelu"].to_module()
+    x = torch.randn(1000, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        m(x).sum().backward()
+    assert sorted(saved) == [1, 1000]  # eps (a scalar) and x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_works_in_float32_float64_bfloat16(dtype):
+    m = spaces.BASELINES["crrelu"].to_module().to(dtype)
+    x = torch.linspace(-4, 4, 1001, dtype=dtype, requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    assert y.dtype == dtype and x.grad.dtype == dtype and m.eps.grad.dtype == dtype
+    ref = spaces.BASELINES["crrelu"].to_module().double()(x.detach().double())
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 2e-2}[dtype]
+    assert torch.allclose(y.double(), ref, atol=tol, rtol=tol)
+
+
+def test_bfloat16_input_with_float32_parameter_under_autocast_style_mixing():
+    m = spaces.BASELINES["crrelu"].to_module()  # float32 eps
+    x = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and m.eps.grad.dtype == torch.float32
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    c = spaces.parse("gelu(x) + eps*(x**2 - 1)*exp(-x**2/2)", init={"eps": 0.1}, learnable=["eps"])
+    eager, comp = c.to_module(), c.to_module()
+    compiled = torch.compile(comp, fullgraph=True)
+    x1 = torch.randn(257, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = eager(x1), compiled(x2)
+    y1.sum().backward()
+    y2.sum().backward()
+    assert torch.allclose(y1, y2, atol=1e-6)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    assert torch.allclose(eager.eps.grad, comp.eps.grad, atol=1e-4)
+
+
+def test_works_as_timm_act_layer():
+    from timm.models.vision_transformer import VisionTransformer
+
+    cls = spaces.BASELINES["crrelu"].module_class()
+    model = VisionTransformer(img_size=16, patch_size=8, in_chans=1, num_classes=3, embed_dim=16,
+                              depth=2, num_heads=2, mlp_ratio=2, act_layer=cls)
+    acts = [m for m in model.modules() if isinstance(m, cls)]
+    assert len(acts) == 2 and acts[0].eps is not acts[1].eps
+    model(torch.randn(2, 1, 16, 16)).sum().backward()
+    assert all(a.eps.grad is not None for a in acts)
+
+
+def test_fingerprint_identifies_equal_functions():
+    assert spaces.parse("relu(x)").fingerprint == spaces.parse("Max(x, 0)").fingerprint
+    assert spaces.parse("x*sigmoid(x)").fingerprint == spaces.parse("silu(x)").fingerprint
+    assert spaces.parse("relu(x)").fingerprint != spaces.parse("gelu(x)").fingerprint
+    learn = spaces.parse("relu(x) + a*x*exp(-x**2/2)", init={"a": 0.01}, learnable=["a"])
+    renamed = spaces.parse("relu(x) + b*x*exp(-x**2/2)", init={"b": 0.01}, learnable=["b"])
+    fixed = spaces.parse("relu(x) + a*x*exp(-x**2/2)", init={"a": 0.01})
+    assert learn.fingerprint == renamed.fingerprint != fixed.fingerprint
+
+
+def test_candidate_is_immutable_and_hashable():
+    c = spaces.BASELINES["crrelu"]
+    with pytest.raises(Exception):
+        c.expr = X
+    assert {c: 1}[spaces.Candidate.from_dict(c.to_dict())] == 1
