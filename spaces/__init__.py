@@ -11,6 +11,7 @@ from spaces.space import BASELINES, Space, get_space, list_spaces, register_spac
 
 # Importing a space module registers it.
 from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa: E402,F401
+from spaces import eafo  # noqa: E402  (output_entropy, wafbc, correction)
 
 __all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases",
-           "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space"]
+           "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space", "eafo"]

@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import sympy as sp
 
-from spaces.functions import X
+from spaces.functions import X, piecewise_to_step
 from spaces.parse import coefficient_symbol, parse_expression
 
 # A coefficient given no initial value starts at the paper's CRReLU eps init:
@@ -41,6 +41,8 @@ class Candidate:
                   learnable: Iterable[str] = ()) -> "Candidate":
         init = dict(init or {})
         learnable = set(learnable)
+        if expr.has(sp.Piecewise):  # keep every formula re-parseable (no comparisons)
+            expr = piecewise_to_step(expr)
         names = sorted(s.name for s in expr.free_symbols if s != X)
         for s in expr.free_symbols:
             if s != X:

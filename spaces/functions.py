@@ -207,3 +207,42 @@ def to_elementary(expr: sp.Expr) -> sp.Expr:
         if not found:
             return expr
         expr = expr.xreplace({f: type(f).elementary(f.args[0]) for f in found})
+
+
+def _indicator(cond) -> sp.Expr:
+    """step-function form of a one-sided condition on an expression (ties ignored)."""
+    if isinstance(cond, (sp.StrictGreaterThan, sp.GreaterThan)):
+        return step(cond.lhs - cond.rhs)
+    if isinstance(cond, (sp.StrictLessThan, sp.LessThan)):
+        return step(cond.rhs - cond.lhs)
+    if isinstance(cond, sp.And):
+        out = sp.Integer(1)
+        for c in cond.args:
+            out *= _indicator(c)
+        return out
+    if isinstance(cond, sp.Or):
+        none = sp.Integer(1)
+        for c in cond.args:
+            none *= 1 - _indicator(c)
+        return 1 - none
+    raise ValueError(f"cannot express condition {cond} with step functions")
+
+
+def piecewise_to_step(expr: sp.Expr) -> sp.Expr:
+    """Rewrite Piecewise((e1, c1), ..., (en, True)) as sums of e_i times step indicators.
+
+    Candidate formulas must be re-parseable by the safe parser, which has no
+    comparisons; step(x) (0 at 0, like torch's relu gradient) carries the
+    branches instead. Values differ from the Piecewise only on the branch
+    boundaries themselves (a set of measure zero).
+    """
+    def convert(pw):
+        out = pw.args[-1].expr
+        if pw.args[-1].cond is not sp.true:
+            raise ValueError("Piecewise without a default branch")
+        for e, c in reversed(pw.args[:-1]):
+            ind = _indicator(c)
+            out = e * ind + out * (1 - ind)
+        return out
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), convert)
