@@ -6,6 +6,7 @@
 """
 from spaces.bases import get_base, list_bases
 from spaces.candidate import DEFAULT_INIT, Candidate, Coefficient, parse
+from spaces.registry import get_activation, list_activations, register_path
 from spaces.sanity import sanity_check
 from spaces.space import BASELINES, Space, get_space, list_spaces, register_space
 
@@ -14,4 +15,5 @@ from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa:
 from spaces import eafo  # noqa: E402  (output_entropy, wafbc, correction)
 
 __all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases",
-           "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space", "eafo"]
+           "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space", "eafo",
+           "get_activation", "list_activations", "register_path"]

@@ -207,10 +207,44 @@ def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str):
     names = dict(names)
     lines = []
     for i, (sym, sub) in enumerate(replacements):
-        names[sym] = f"t{i}"
-        lines.append(f"{indent}t{i} = {TorchPrinter(names).doprint(sub)}")
+        # A leading underscore: no coefficient name can start with one (check_name).
+        names[sym] = f"_t{i}"
+        lines.append(f"{indent}_t{i} = {TorchPrinter(names).doprint(sub)}")
     printer = TorchPrinter(names)
     return lines, [printer.doprint(r) for r in reduced]
+
+
+# Names the generated code itself binds or reads. A coefficient is an argument of
+# the kernels and of the Function/Module methods, and an attribute of the module,
+# so one spelled like any of these would shadow it (silently wrong values, or a
+# SyntaxError for a duplicate argument). Module-level names (the function and
+# class) must not shadow the module's globals or the builtins the code calls.
+_KERNEL_NAMES = frozenset({"x", "g", "torch", "F", "math"})
+_METHOD_NAMES = _KERNEL_NAMES | {"xc", "gc", "low", "grads", "coefficients", "ctx", "inputs",
+                                 "output", "self", "inplace", "enabled", "float", "tuple", "super",
+                                 "training"}
+_MODULE_GLOBALS = frozenset({"math", "torch", "F", "FORMULA", "COEFFICIENTS", "use_compiled_kernels"})
+
+
+def check_generated_names(func_name: str, class_name: str, coefficients=()) -> None:
+    """Raise ValueError unless these names are safe to print into a generated module."""
+    import builtins
+
+    import torch
+
+    check_name(func_name, "function name")
+    check_name(class_name, "class name")
+    for what, n in (("function name", func_name), ("class name", class_name),
+                    ("class name", f"{class_name}Function")):
+        if n in _MODULE_GLOBALS or hasattr(builtins, n):
+            raise ValueError(f"invalid {what} {n!r}: reserved (a name the generated module uses)")
+    if func_name in (class_name, f"{class_name}Function"):
+        raise ValueError(f"function name and class name must differ (both {func_name!r})")
+    for n in coefficients:
+        check_name(n, "coefficient name")
+        # nn.Module attributes (forward, training, ...) and the class's own `function`
+        if n in _METHOD_NAMES or hasattr(torch.nn.Module, n) or n == "function":
+            raise ValueError(f"invalid coefficient name {n!r}: reserved in generated code")
 
 
 def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
@@ -222,7 +256,10 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
     check_name(prefix.lstrip("_"), "function prefix")
     syms = {X: "x"}
     for n in learnable:
-        syms[sp.Symbol(check_name(n, "coefficient name"), real=True)] = n
+        check_name(n, "coefficient name")
+        if n in _KERNEL_NAMES:
+            raise ValueError(f"invalid coefficient name {n!r}: reserved in generated code")
+        syms[sp.Symbol(n, real=True)] = n
     extra = expr.free_symbols - set(syms)
     if extra:
         raise ValueError(f"expression has unbound symbols {sorted(map(str, extra))}")
@@ -339,9 +376,8 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
     learnable: coefficient name -> initial value, in argument order.
     formula: the canonical formula (sympy's printing of the parsed tree) for display.
     """
-    check_name(class_name, "class name")
-    check_name(func_name, "function name")
     names = list(learnable)
+    check_generated_names(func_name, class_name, names)
     prefix = f"_{func_name}"
     inits = {n: float(v) for n, v in learnable.items()}
     for n, v in inits.items():
@@ -393,4 +429,5 @@ def load_module_source(source: str, module_name: str):
     return module
 
 
-__all__ = ["TorchPrinter", "function_sources", "module_source", "load_module_source"]
+__all__ = ["TorchPrinter", "check_generated_names", "function_sources", "module_source",
+           "load_module_source"]

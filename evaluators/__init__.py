@@ -1,0 +1,23 @@
+"""Evaluators: datasets, proxy models, the training loop and zero-cost scores.
+
+    >>> from evaluators import ProxyTask
+    >>> result = ProxyTask(epochs=2, train_size=2000).evaluate(candidate, seed=0)
+    >>> result.status, result.score
+
+Knows nothing of Optuna or Ray: progress leaves a trial through
+``report(epoch, metrics)``, which may raise to stop it.
+"""
+from evaluators.data import DeviceSplit, RawDataset, list_datasets, load_dataset, prepare_split, read_idx
+from evaluators.exceptions import DataFormatError, DataNotFoundError, EvaluatorError
+from evaluators.models import build_model, list_models
+from evaluators.result import STATUSES, TrialResult
+from evaluators.task import Checkpoint, ProxyTask
+from evaluators.zero_cost import entropy_score, grad_norm_score
+
+__all__ = [
+    "ProxyTask", "TrialResult", "STATUSES", "Checkpoint",
+    "load_dataset", "prepare_split", "read_idx", "list_datasets", "RawDataset", "DeviceSplit",
+    "build_model", "list_models",
+    "entropy_score", "grad_norm_score",
+    "EvaluatorError", "DataNotFoundError", "DataFormatError",
+]

@@ -1,0 +1,157 @@
+"""The one flat configuration of a search (nanoGPT style).
+
+Every CLI option is one field here, with its unit and the reason for its
+default. The resolved config is saved as `config.json` beside the results;
+loading one rejects unknown keys, so a typo cannot be silently dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from search.exceptions import UsageError
+
+
+@dataclass
+class SearchConfig:
+    # ---- what is searched, on which task --------------------------------------
+    space: str = "eafo_default"     # a name from spaces.list_spaces()
+    dataset: str = "fashion_mnist"  # embedded default task: Debian's dataset-fashion-mnist
+    model: str = "vit-nano"         # 139k-parameter ViT, about 4 s per 10k images on 2 CPU cores
+    epochs: int = 3                 # per trial (and per confirmation run): enough to separate
+                                    # activations on Fashion-MNIST, short enough for 2 cores
+    train_size: int = 5000          # training images per trial (stratified subset)
+    val_size: int = 2000            # validation images carved from the training set: the search metric
+    test_size: int | None = None    # official test images scoring confirmation (None: all, 10,000 for
+                                    # Fashion-MNIST: 0.36 pp sampling error at 85 %)
+    seed: int = 0                   # seeds the sampler and every search trial's training;
+                                    # confirmation uses seed+1 .. seed+confirm_seeds
+    # ---- how much search ------------------------------------------------------
+    trials: int = 12                # evaluated trials the study should hold, the 4 baselines included;
+                                    # duplicates (free) do not count; a rerun only runs what is missing
+    timeout: float | None = None    # seconds for the search phase (None: no limit); the running
+                                    # trial finishes, confirmation is not limited
+    sampler: str = "tpe"            # tpe (multivariate, grouped: the space is conditional) | gp | random
+    pruner: str = "none"            # none | median | hyperband; steps are epochs. With the default 3
+                                    # epochs, median pruning after epoch 1 stopped 7 of 8 searched
+                                    # candidates (measured), leaving too few to confirm for a saving
+                                    # of ~1 min; use median/hyperband with 10+ epochs
+    # ---- confirmation: one seed lies -------------------------------------------
+    confirm_top: int = 2            # distinct best search candidates retrained, besides the 4 baselines
+    confirm_seeds: int = 3          # fresh seeds per confirmed candidate, scored on the test split
+    # ---- where results go -------------------------------------------------------
+    study: str | None = None        # study name (None: "<space>-<dataset>-<model>")
+    runs_dir: str = "runs"          # results go to <runs_dir>/<study>/
+    storage: str | None = None      # Optuna storage URL (None: sqlite:///<runs_dir>/<study>/study.db)
+    heartbeat_interval: int = 10    # seconds between a running trial's heartbeats
+    grace_period: int = 60          # seconds without a heartbeat before a trial counts as dead
+                                    # and is retried (a killed run)
+    # ---- hardware and data --------------------------------------------------------
+    device: str = "auto"            # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    data_root: str | None = None    # folder holding the dataset (None: EAFO_DATA_ROOT, Debian's copy, cache)
+    download: bool = False          # let torchvision download a missing dataset
+    # ---- backend --------------------------------------------------------------------
+    backend: str = "optuna"         # optuna (embedded, SQLite) | ray (Ray Tune, search/ray_backend.py)
+    ray_address: str | None = None  # Ray cluster to join, e.g. "auto" or "127.0.0.1:6379" (None: start one)
+    cpus_per_trial: float = 1.0     # Ray resources reserved per trial
+    gpus_per_trial: float = 0.0     # Ray resources reserved per trial (fractions share a GPU)
+    max_concurrent: int | None = None  # Ray trials at once (None: as many as resources allow)
+
+    # ------------------------------------------------------------------------------
+    @property
+    def study_name(self) -> str:
+        return self.study or f"{self.space}-{self.dataset}-{self.model}"
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.runs_dir) / self.study_name
+
+    @property
+    def storage_url(self) -> str:
+        if self.storage is not None:
+            return self.storage
+        return "sqlite:///" + str((self.study_dir / "study.db").absolute())
+
+    @property
+    def confirmation_seeds(self) -> list[int]:
+        """Fresh seeds for confirmation, never the search seed."""
+        return [self.seed + 1 + i for i in range(self.confirm_seeds)]
+
+    def validate(self) -> "SearchConfig":
+        """Check values that need no I/O; raise UsageError naming the bad one."""
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+        for name in ("trials", "epochs", "train_size", "val_size", "confirm_top",
+                     "heartbeat_interval", "grace_period"):
+            positive_int(name)
+        if isinstance(self.confirm_seeds, bool) or not isinstance(self.confirm_seeds, int) \
+                or self.confirm_seeds < 2:
+            raise UsageError(f"--confirm-seeds must be an integer >= 2 (a mean +- std needs two seeds), "
+                             f"got {self.confirm_seeds!r}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise UsageError(f"--grace-period ({self.grace_period} s) must be longer than "
+                             f"--heartbeat-interval ({self.heartbeat_interval} s)")
+        if self.test_size is not None and (isinstance(self.test_size, bool) or not isinstance(self.test_size, int)
+                                           or self.test_size < 1):
+            raise UsageError(f"--test-size must be a positive integer, got {self.test_size!r}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("backend", BACKEND_NAMES)):
+            if getattr(self, name) not in valid:
+                raise UsageError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
+        if not (self.cpus_per_trial > 0 and math.isfinite(self.cpus_per_trial)):
+            raise UsageError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial!r}")
+        if not (self.gpus_per_trial >= 0 and math.isfinite(self.gpus_per_trial)):
+            raise UsageError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial!r}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise UsageError(f"--max-concurrent must be a positive integer, got {self.max_concurrent!r}")
+        if not _STUDY_NAME.fullmatch(self.study_name):
+            raise UsageError(f"study name {self.study_name!r} must be letters, digits, '.', '_' or '-' "
+                             "(it names a folder)")
+        if not self.runs_dir:
+            raise UsageError("--runs-dir must not be empty")
+        return self
+
+    # ---- config.json ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        """Inverse of `to_dict`; unknown keys are rejected, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchConfig":
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path} is not a readable config file ({e}); leaving it as it is") from e
+        if not isinstance(d, dict):
+            raise UsageError(f"{path} does not hold a JSON object; leaving it as it is")
+        return cls.from_dict(d)
+
+    def study_mismatch(self, saved: "SearchConfig") -> list[str]:
+        """Settings that define a study's results and differ from those it was run with."""
+        return [f"{k}={getattr(saved, k)!r} (now {getattr(self, k)!r})" for k in STUDY_KEYS
+                if getattr(saved, k) != getattr(self, k)]
+
+
+# Fields whose change would make a study's earlier results incomparable with new ones.
+STUDY_KEYS = ("space", "dataset", "model", "epochs", "train_size", "val_size", "test_size", "seed")
+SAMPLERS = ("tpe", "gp", "random")
+PRUNERS = ("none", "median", "hyperband")
+BACKEND_NAMES = ("optuna", "ray")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

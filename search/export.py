@@ -1,0 +1,437 @@
+"""Export a search's winner as a standalone Python module.
+
+    python -m search.export runs/<study> --out my_acts/ [--rank N] [--name NAME] [--learned]
+
+writes `my_acts/<name>.py`, which imports only torch (and math) and defines:
+
+- `<name>(x, **coefficients, inplace=False)`: the formula as plain torch ops;
+- `<Class>Function`: a torch.autograd.Function that saves only its input (backward
+  is the sympy derivative) and `use_compiled_kernels()` to fuse it with torch.compile;
+- `<Class>`: the nn.Module (zero-argument constructible, `inplace=` accepted, one
+  scalar nn.Parameter per learnable coefficient, the formula in its repr), ready
+  for timm's `act_layer=`;
+
+with a docstring recording where it came from (formula, study, confirmed scores,
+dates, library versions), and `my_acts/<name>.json`, the same provenance as
+JSON plus the sha256 of the module (`spaces.get_activation` finds exports through
+it: set EAFO_ACTIVATIONS_PATH=my_acts or call `spaces.register_path("my_acts")`).
+
+Rank 1 is the study's `best.json` (the confirmed winner); rank N is row N of
+`leaderboard.json`. Coefficients start at the candidate's initial values, or at
+the values training learned with `--learned` (`learned_coefficients`).
+
+Names: by default the function is named after the leaderboard label (`crrelu`,
+`trial_12`) and the class follows `spaces.registry.class_name_for`: split at
+underscores, known parts spelled as in the literature (relu -> ReLU, gelu -> GELU,
+silu -> SiLU, crrelu -> CRReLU), others capitalised, joined: `crrelu` -> `CRReLU`,
+`trial_12` -> `Trial12`, `gelu_tanh` -> `GELUTanh`. `--name` overrides. A name must
+be an ASCII identifier of at most 32 characters, without a leading underscore, not
+a keyword, builtin, or the name of a standard-library or project module (the file
+is `<name>.py` and must not shadow `os` or `torch` on sys.path).
+
+Nothing of the input is copied into the module as text: the formula is re-parsed
+with the safe parser (`Candidate.from_dict`) and the code printed from the parsed
+tree; it must reproduce the fingerprint recorded with it, or the file is refused
+as tampered. Provenance strings (study, label, dates, versions) must consist of
+letters, digits and ` ._+-:/,=()@`; numbers must be finite. Any bad input is
+one line on stderr and exit code 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import platform
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from search.exceptions import UsageError
+
+MAX_JSON_BYTES = 64 * 1024 * 1024
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9 ._+\-:/,=()@]{0,160}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,40}")
+# The file is <name>.py: a name that is also an importable module the project or
+# Python relies on would shadow it for anyone who puts the output folder on sys.path.
+_SHADOWED = set(sys.stdlib_module_names) | {
+    "torch", "torchvision", "timm", "numpy", "sympy", "scipy", "optuna", "ray", "spaces",
+    "search", "evaluators", "bench", "tests", "conftest", "setup"}
+
+
+# ---- validation of what the study folder holds ------------------------------------------
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not _SAFE_TEXT.fullmatch(value):
+        raise UsageError(f"{where}: {ascii(value)[:60]} is not plain text (letters, digits, "
+                         "' ._+-:/,=()@', at most 160); refusing a tampered or foreign file")
+    return value
+
+
+def _number(value, where: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where}: expected a finite number, got {ascii(value)[:40]}")
+    return float(value)
+
+
+def _int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**63:
+        raise UsageError(f"{where}: expected an integer, got {ascii(value)[:40]}")
+    return value
+
+
+def _dict(value, where: str, *, optional: bool = False) -> dict:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _read_json(path: Path):
+    import json
+
+    def no_constants(name):  # NaN / Infinity are no JSON and no score
+        raise ValueError(f"non-finite number {name}")
+
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist (has the search finished?)")
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise UsageError(f"{path} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"{path} is not valid JSON: {str(e).splitlines()[0][:120]}") from None
+
+
+def _candidate(entry: dict, where: str):
+    """The candidate, re-parsed safely, checked against the recorded fingerprint."""
+    from spaces.candidate import Candidate
+
+    d = _dict(entry.get("candidate"), f"{where}.candidate")
+    if not isinstance(d.get("formula"), str):
+        raise UsageError(f"{where}.candidate.formula: expected a string")
+    init = _dict(d.get("init"), f"{where}.candidate.init", optional=True)
+    for k, v in init.items():
+        _number(v, f"{where}.candidate.init[{ascii(k)[:40]}]")
+    learnable = d.get("learnable", [])
+    if not isinstance(learnable, list) or not all(isinstance(n, str) for n in learnable):
+        raise UsageError(f"{where}.candidate.learnable: expected a list of names")
+    try:
+        candidate = Candidate.from_dict({"formula": d["formula"], "init": init, "learnable": learnable})
+        fingerprint = candidate.fingerprint
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:
+        raise UsageError(f"{where}: refusing the candidate, its formula does not parse safely: "
+                         f"{str(e).splitlines()[0][:160]}") from None
+    recorded = entry.get("fingerprint")
+    if not isinstance(recorded, str) or not _FINGERPRINT.fullmatch(recorded):
+        raise UsageError(f"{where}.fingerprint: missing or not a hex fingerprint")
+    if fingerprint != recorded:
+        raise UsageError(f"{where}: refusing a tampered candidate: the formula re-parses to "
+                         f"fingerprint {fingerprint}, the file records {recorded}")
+    return candidate
+
+
+def _learned(value, candidate, where: str) -> dict[str, float]:
+    learned = _dict(value, where, optional=True)
+    names = {c.name for c in candidate.coefficient_specs}
+    out = {}
+    for k, v in learned.items():
+        if k not in names:
+            raise UsageError(f"{where}: {ascii(k)[:40]} is not a coefficient of the candidate")
+        out[k] = _number(v, f"{where}[{k}]")
+    return out
+
+
+def _scores(d: dict | None, where: str) -> dict | None:
+    """The confirmed scores, validated: metric, mean, std, n_seeds, seeds, per_seed."""
+    if d is None:
+        return None
+    d = _dict(d, where)
+    out = {"metric": _text(d.get("metric", "score"), f"{where}.metric"),
+           "mean": _number(d.get("mean"), f"{where}.mean", optional=True),
+           "std": _number(d.get("std"), f"{where}.std", optional=True),
+           "n_seeds": _int(d.get("n_seeds", 0), f"{where}.n_seeds")}
+    for key, check in (("seeds", _int), ("per_seed", _number)):
+        values = d.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            raise UsageError(f"{where}.{key}: expected a list")
+        out[key] = [check(v, f"{where}.{key}") for v in values]
+    return out
+
+
+def _vs_gelu(d, where: str) -> dict | None:
+    if d is None:
+        return None
+    d = _dict(d, where)
+    out = {k: _number(d.get(k), f"{where}.{k}", optional=True)
+           for k in ("mean_diff", "ci_low", "ci_high")}
+    beats = d.get("beats_gelu")
+    if beats is not None and not isinstance(beats, bool):
+        raise UsageError(f"{where}.beats_gelu: expected true or false")
+    out["beats_gelu"] = beats
+    return out
+
+
+def _versions(d, where: str) -> dict[str, str]:
+    d = _dict(d, where, optional=True)
+    out = {}
+    for k, v in d.items():
+        if not isinstance(k, str) or not _KEY.fullmatch(k):
+            raise UsageError(f"{where}: key {ascii(k)[:40]} is not a plain name")
+        out[k] = "unknown" if v is None else _text(v, f"{where}.{k}")
+    return out
+
+
+def _summary(d, where: str) -> str:
+    """`key=value, ...` of a dict's plain scalar fields (the rest stays in the JSON sidecar)."""
+    if not isinstance(d, dict):
+        return ""
+    parts = []
+    for k, v in d.items():
+        if isinstance(k, str) and _KEY.fullmatch(k) and isinstance(v, (str, int, float)) \
+                and not isinstance(v, bool):
+            text = v if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
+            if _SAFE_TEXT.fullmatch(text) and len(text) <= 40:
+                parts.append(f"{k}={text}")
+    return ", ".join(parts)
+
+
+# ---- what gets exported ------------------------------------------------------------------
+
+def _load_entry(study_dir: Path, rank: int) -> dict:
+    """The chosen candidate and its provenance, every field validated."""
+    if not study_dir.is_dir():
+        raise UsageError(f"study folder {str(study_dir)!r} does not exist")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UsageError(f"--rank must be a positive integer, got {rank!r}")
+    best_path = study_dir / "best.json"
+    best = _read_json(best_path) if rank == 1 or best_path.is_file() else None
+    if best is not None and not isinstance(best, dict):
+        raise UsageError(f"{best_path}: expected a JSON object")
+    if rank == 1:
+        entry, where = best, "best.json"
+        scores = _scores(best.get("confirmed"), "best.json.confirmed")
+    else:
+        board = _read_json(study_dir / "leaderboard.json")
+        if not isinstance(board, list):
+            raise UsageError("leaderboard.json: expected a list of rows")
+        if rank > len(board):
+            raise UsageError(f"--rank {rank} is out of range: the leaderboard has {len(board)} rows")
+        entry, where = _dict(board[rank - 1], f"leaderboard.json row {rank}"), f"leaderboard.json row {rank}"
+        if entry.get("rank", rank) != rank:
+            raise UsageError(f"{where} says rank {ascii(entry.get('rank'))[:20]}: rows are out of order")
+        scores = _scores({"metric": entry.get("metric", "score"), **{k: entry.get(k) for k in
+                          ("mean", "std", "n_seeds", "seeds", "per_seed")}}, where)
+    candidate = _candidate(entry, where)
+    study_default = study_dir.resolve().name
+    prov = best or {}
+    return {
+        "candidate": candidate,
+        "fingerprint": entry["fingerprint"],
+        "label": _text(entry.get("label"), f"{where}.label"),
+        "learned_coefficients": _learned(entry.get("learned_coefficients"), candidate,
+                                         f"{where}.learned_coefficients"),
+        "rank": rank,
+        "confirmed": scores,
+        "vs_gelu": _vs_gelu(entry.get("vs_gelu"), f"{where}.vs_gelu") if rank == 1 else None,
+        "study": _text(prov.get("study", study_default), "best.json.study"),
+        "created": _text(prov.get("created", "unknown"), "best.json.created"),
+        "versions": _versions(prov.get("versions"), "best.json.versions"),
+        "task": prov.get("task"),
+        "search": prov.get("search"),
+        "params": entry.get("params"),
+    }
+
+
+def _check_name(name: str) -> tuple[str, str]:
+    from spaces.registry import check_activation_name, class_name_for
+
+    try:
+        check_activation_name(name)
+        cls = class_name_for(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if name in _SHADOWED:
+        raise UsageError(f"invalid name {name!r}: {name}.py would shadow the module {name!r}")
+    return name, cls
+
+
+def _export_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("eafo-search", "torch", "sympy", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return {k: v if _SAFE_TEXT.fullmatch(v) else "unknown" for k, v in out.items()}
+
+
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _docstring(e: dict, name: str, cls: str, values: dict, learned: bool, exported: str,
+               export_versions: dict) -> str:
+    c = e["candidate"]
+    lines = [f"{cls} activation, exported by eafo-search (python -m search.export).", "",
+             f"formula: {c.formula}"]
+    for spec in c.coefficient_specs:
+        if spec.learnable:
+            how = "learned value" if learned else "initial value"
+            lines.append(f"coefficient {spec.name}: learnable, starts at {values[spec.name]!r} ({how})")
+        else:
+            lines.append(f"coefficient {spec.name}: fixed at {spec.init!r}")
+    if e["learned_coefficients"] and not learned:
+        lines.append("learned in the search (use --learned to start there): " + ", ".join(
+            f"{k}={v:.6g}" for k, v in e["learned_coefficients"].items()))
+    lines += ["", f"study: {e['study']}, rank {e['rank']}, label {e['label']}, "
+                  f"fingerprint {e['fingerprint']}"]
+    s = e["confirmed"]
+    if s is None:
+        lines.append("confirmed: not confirmed")
+    else:
+        seeds = f" (seeds {', '.join(map(str, s['seeds']))})" if s.get("seeds") else ""
+        lines.append(f"confirmed {s['metric']}: {_fmt(s['mean'])} +/- {_fmt(s['std'])} "
+                     f"(mean +/- std over {s['n_seeds']} seeds){seeds}")
+        if s.get("per_seed"):
+            lines.append("per seed: " + ", ".join(_fmt(v) for v in s["per_seed"]))
+    g = e["vs_gelu"]
+    if g:
+        verdict = {True: "beats GELU", False: "does not beat GELU", None: "n/a"}[g["beats_gelu"]]
+        lines.append(f"vs GELU: mean difference {_fmt(g['mean_diff'], '+.4f')}, 95% CI "
+                     f"[{_fmt(g['ci_low'], '+.4f')}, {_fmt(g['ci_high'], '+.4f')}]: {verdict}")
+    for title, d in (("task", e["task"]), ("search", e["search"])):
+        summary = _summary(d, title)
+        if summary:
+            lines.append(f"{title}: {summary}")
+    lines.append(f"search run: {e['created']}; versions: " +
+                 (", ".join(f"{k} {v}" for k, v in e["versions"].items()) or "unknown"))
+    lines.append(f"exported: {exported}; versions: " +
+                 ", ".join(f"{k} {v}" for k, v in export_versions.items()))
+    lines += ["", "Usage:", f"    from {name} import {cls}, {name}",
+              f"    model = timm.create_model('vit_tiny_patch16_224', act_layer={cls})",
+              f"    y = {name}(x)  # plain function; {cls}Function is the memory-efficient form"]
+    return "\n".join(lines)
+
+
+def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None,
+                      learned: bool = False) -> Path:
+    """Write `<out_dir>/<name>.py` (and `<name>.json`) for the study's rank-`rank` candidate.
+
+    Returns the path of the module. Raises `UsageError` (a ValueError) for bad or
+    tampered input, before writing anything.
+    """
+    from search.atomic import write_json, write_text
+    from spaces.candidate import Candidate
+    from spaces.codegen import module_source
+    from spaces.registry import EXPORT_FORMAT, EXPORT_MARKER
+
+    study_dir, out_dir = Path(study_dir), Path(out_dir)
+    e = _load_entry(study_dir, rank)
+    if name is None:
+        try:
+            name, cls = _check_name(e["label"])
+        except UsageError as err:
+            raise UsageError(f"the label {e['label']!r} cannot name a module ({err}); "
+                             "pass --name") from None
+    else:
+        name, cls = _check_name(name)
+    c = e["candidate"]
+    learnable = [s.name for s in c.coefficient_specs if s.learnable]
+    if learned:
+        missing = [n for n in learnable if n not in e["learned_coefficients"]]
+        if missing:
+            raise UsageError(f"--learned: no learned value for {', '.join(missing)} in the study")
+        values = {s.name: e["learned_coefficients"][s.name] if s.learnable else s.init
+                  for s in c.coefficient_specs}
+        exported = Candidate.from_expr(c.expr, init=values, learnable=learnable)
+    else:
+        exported = c
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    versions = _export_versions()
+    doc = _docstring(e, name, cls, {s.name: s.init for s in exported.coefficient_specs},
+                     learned, now, versions)
+    try:
+        source = module_source(exported.code_expr(), exported.learnable, class_name=cls,
+                               func_name=name, formula=exported.formula, docstring=doc)
+        compile(source, f"{name}.py", "exec")  # a generator bug must not reach the disk
+    except (ValueError, SyntaxError) as err:
+        raise UsageError(f"cannot generate a module for {c.formula}: {err}") from None
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {str(out_dir)!r} exists and is not a folder")
+    py, sidecar = out_dir / f"{name}.py", out_dir / f"{name}.json"
+    if py.exists() and not _is_our_export(sidecar):
+        raise UsageError(f"{py} exists and was not written by search.export; "
+                         "remove it or choose another --name")
+    info = {
+        EXPORT_MARKER: EXPORT_FORMAT,
+        "name": name, "class": cls, "function": name, "module": py.name,
+        "sha256": hashlib.sha256(source.encode("utf-8")).hexdigest(),
+        "formula": exported.formula,
+        "candidate": exported.to_dict(),          # what the module computes (its inits)
+        "searched_candidate": c.to_dict(),        # as the search ran it
+        "fingerprint": e["fingerprint"],          # of the searched candidate
+        "learned": bool(learned),
+        "learned_coefficients": e["learned_coefficients"],
+        "study": e["study"], "study_dir": str(study_dir.resolve()), "rank": rank,
+        "label": e["label"], "params": e["params"],
+        "confirmed": e["confirmed"], "vs_gelu": e["vs_gelu"],
+        "task": e["task"], "search": e["search"],
+        "created": e["created"], "versions": e["versions"],
+        "exported": now, "export_versions": versions,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(py, source)
+    write_json(sidecar, info)
+    return py
+
+
+def _is_our_export(sidecar: Path) -> bool:
+    from spaces.registry import EXPORT_MARKER
+
+    try:
+        data = _read_json(sidecar)
+    except UsageError:
+        return False
+    return isinstance(data, dict) and EXPORT_MARKER in data
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m search.export",
+        description="Export a study's best (or rank-N) activation as a standalone torch module.")
+    p.add_argument("study_dir", help="the study's results folder, <runs-dir>/<study>")
+    p.add_argument("--out", required=True, help="folder to write <name>.py and <name>.json into")
+    p.add_argument("--rank", type=int, default=1,
+                   help="1: best.json (the confirmed winner); N: row N of leaderboard.json")
+    p.add_argument("--name", default=None,
+                   help="function name (default: the label); the class name is derived from it")
+    p.add_argument("--learned", action="store_true",
+                   help="start learnable coefficients at the values training learned")
+    args = p.parse_args(argv)
+    try:
+        path = export_activation(args.study_dir, args.out, rank=args.rank, name=args.name,
+                                 learned=args.learned)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write to {args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,480 @@
+"""The embedded backend: an Optuna study in RDB storage (SQLite by default).
+
+How outcomes become Optuna states (the sampler must learn from every outcome,
+and NaN must never be scored as a number):
+
+- ok                 -> COMPLETE, value = validation accuracy
+- rejected, diverged -> PRUNED with no value: `raise optuna.TrialPruned`. TPE
+  ranks a pruned trial without intermediate values below every completed one,
+  so it learns to avoid such candidates, and a pruned trial can never be
+  `study.best_trial`. A FAIL state would hide them from the sampler, which
+  would propose them again; returning 0.0 would score an outcome as a number.
+  The user attrs `status` and `reason` tell these apart from a pruned trial.
+- pruned             -> PRUNED with its intermediate values (one per epoch)
+- an exception       -> FAIL, user attr status "error" (a bug, not a candidate);
+                        three in a row stop the search (TooManyErrors)
+- Ctrl-C             -> FAIL, status "interrupted", and the trial is enqueued
+                        again (same params), so the next run retries it
+- killed (SIGKILL)   -> stays RUNNING without heartbeats; the next run finds it
+                        stale and `RetryHeartbeatStaleTrialCallback` enqueues it again
+
+Duplicates: a candidate whose fingerprint an earlier finished (COMPLETE or
+PRUNED) trial already evaluated is not trained again; the trial reuses that
+outcome (returns its value, or is pruned again) and records `duplicate_of`.
+Duplicates are free, so `--trials` counts evaluated trials only; a sampler that
+proposes MAX_DUPLICATES_IN_A_ROW duplicates in a row ends the search.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import spaces
+from search.config import STUDY_KEYS
+from search.exceptions import SearchInterrupted, TooManyErrors, UsageError
+from search.records import TrialRecord, finite_or_none, jsonable, result_fields, trial_label
+from search.storage import open_storage
+
+MAX_CONSECUTIVE_ERRORS = 3
+# A sampler that keeps proposing evaluated candidates has (nearly) exhausted the space.
+MAX_DUPLICATES_IN_A_ROW = 25
+# Finished states: these count towards --trials.
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        # multivariate + group: the space is conditional (hermite_k only with hermite,
+        # eps only with a correction), so each group of params that occur together is
+        # modelled jointly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; valid: tpe, gp, random")
+
+
+def make_pruner(name: str, epochs: int):
+    import optuna
+
+    if name == "hyperband":
+        # Steps are epochs (1-based), so resources run from 1 to the epoch budget.
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
+                                              reduction_factor=3)
+    if name == "median":
+        # The 4 baselines are the first finished trials: a candidate is compared with them
+        # (and later ones) epoch by epoch, from the first epoch on: in the default 3-epoch
+        # budget that is where pruning saves most, and a candidate far below all 4
+        # baselines after one epoch rarely catches up. Steps are 1-based epochs.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {name!r}; valid: hyperband, median, none")
+
+
+class _Interrupt(BaseException):
+    """Ctrl-C inside the objective, carried past Optuna's own handling.
+
+    Optuna logs a KeyboardInterrupt raised in the objective as a failed trial
+    with a traceback; this passes through untouched and `run_optuna` records
+    the trial as interrupted and enqueues it again.
+    """
+
+
+class Objective:
+    """Optuna objective: build the trial's candidate, reuse a duplicate's outcome, or train it."""
+
+    def __init__(self, space, task, seed: int, epochs: int):
+        self.space, self.task, self.seed, self.epochs = space, task, seed, epochs
+        self.current: int | None = None  # number of the trial being run (for Ctrl-C)
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        self.current = trial.number
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "stopped by Ctrl-C; enqueued again")
+            raise _Interrupt() from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
+            raise
+
+    def _run(self, trial) -> float:
+        import optuna
+
+        # Few writes: each user attr is one SQLite commit. A retried trial starts with
+        # its killed original's attrs, which are all overwritten below.
+        baseline = trial.user_attrs.get("baseline")
+        params = None if baseline else self.space.suggest(trial)
+        try:
+            candidate = spaces.BASELINES[baseline] if baseline else self.space.build(params)
+            fingerprint = candidate.fingerprint
+        except (ValueError, TypeError, ArithmeticError, RuntimeError) as e:
+            # A params combination the space cannot build is a rejected candidate.
+            return self._finish(trial, "rejected", f"cannot be built: {type(e).__name__}: {e}")
+        trial.set_user_attr("formula", candidate.formula)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr("fingerprint", fingerprint)
+
+        prior = _earlier_outcome(trial.study, fingerprint, trial.number)
+        if prior is not None:
+            trial.set_user_attr("duplicate_of", prior.number)
+            trial.set_user_attr("learned_coefficients", prior.user_attrs.get("learned_coefficients", {}))
+            status = prior.user_attrs.get("status", "ok" if prior.state.name == "COMPLETE" else "pruned")
+            if prior.state.name == "COMPLETE" and finite_or_none(prior.value) is not None:
+                trial.set_user_attr("status", "ok")
+                trial.set_user_attr("reason", f"duplicate of trial {prior.number}: not trained again")
+                return float(prior.value)
+            return self._finish(trial, status, f"duplicate of trial {prior.number} ({status}): "
+                                               f"{prior.user_attrs.get('reason')}")
+
+        history: list[dict] = []
+
+        def report(epoch: int, metrics: dict) -> None:
+            history.append(jsonable(metrics))
+            value = finite_or_none(metrics.get("val_acc"))
+            if value is None:  # a NaN accuracy is the evaluator's to call diverged
+                return
+            trial.report(value, step=int(epoch))
+            # Baselines are never pruned (every leaderboard compares with them), and
+            # pruning after the last epoch would save nothing.
+            if not baseline and int(epoch) < self.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {value:.4f}")
+
+        try:
+            result = self.task.evaluate(candidate, seed=self.seed, report=report, split="val")
+        except optuna.TrialPruned as e:
+            partial = getattr(e, "partial_result", None)
+            if partial is not None:
+                trial.set_user_attr("wall_time", finite_or_none(getattr(partial, "wall_seconds", None)))
+            trial.set_user_attr("history", history)
+            return self._finish(trial, "pruned", str(e))
+        fields = result_fields(result)
+        trial.set_user_attr("history", fields["history"] or history)
+        trial.set_user_attr("learned_coefficients", fields["learned_coefficients"])
+        trial.set_user_attr("wall_time", fields["wall_time"])
+        if fields["status"] == "ok":
+            trial.set_user_attr("status", "ok")
+            trial.set_user_attr("reason", None)
+            return fields["score"]
+        return self._finish(trial, fields["status"], fields["reason"])
+
+    @staticmethod
+    def _finish(trial, status: str, reason: str | None):
+        """Record a non-ok outcome and end the trial as PRUNED (never scored)."""
+        import optuna
+
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", reason)
+        raise optuna.TrialPruned(f"{status}: {reason}")
+
+
+def _earlier_outcome(study, fingerprint: str, number: int):
+    """The earliest finished, non-duplicate trial with this fingerprint, or None."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if (t.number != number and t.user_attrs.get("fingerprint") == fingerprint
+                and t.user_attrs.get("duplicate_of") is None):
+            return t
+    return None
+
+
+def enqueue_baselines(study) -> list[str]:
+    """Enqueue each baseline that the study does not hold yet (waiting, running or finished).
+
+    Optuna's `skip_if_exists` compares params, and every baseline has params {},
+    so the check is on the `baseline` user attr instead.
+    """
+    from optuna.trial import TrialState
+
+    present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)
+               if t.state != TrialState.FAIL}
+    added = []
+    for label in spaces.BASELINES:
+        if label not in present:
+            study.enqueue_trial(params={}, user_attrs={"baseline": label})
+            added.append(label)
+    return added
+
+
+def open_study(config, storage=None):
+    """Create or load the study `config.study_name` (load_if_exists: a rerun continues it)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage or open_storage(config.storage_url, config.heartbeat_interval, config.grace_period)
+    study = optuna.create_study(storage=storage, study_name=config.study_name, direction="maximize",
+                                sampler=make_sampler(config.sampler, config.seed),
+                                pruner=make_pruner(config.pruner, config.epochs), load_if_exists=True)
+    n = len(study.get_trials(deepcopy=False))
+    if n:
+        # A resumed study gets a sampler seeded by how far it got, so its random
+        # start-up draws do not repeat the first run's (they would all be duplicates).
+        study.sampler = make_sampler(config.sampler, config.seed * 1_000_003 + n)
+    return study
+
+
+def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> list[TrialRecord]:
+    """Run until the study holds `config.trials` evaluated trials; return every trial's record.
+
+    Evaluated: finished (COMPLETE or PRUNED) with a candidate of its own; duplicates,
+    which reuse an earlier result for free, do not count.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = open_storage(config.storage_url, config.heartbeat_interval, config.grace_period)
+    study = open_study(config, storage)
+    settings = {k: getattr(config, k) for k in STUDY_KEYS}
+    saved = study.user_attrs.get("settings")
+    if saved is not None and saved != settings:
+        diff = [f"{k}={saved.get(k)!r} (now {settings[k]!r})" for k in STUDY_KEYS if saved.get(k) != settings[k]]
+        raise UsageError(f"study {config.study_name!r} in {config.storage_url} was run with "
+                         f"{', '.join(diff)}; rerun with those settings or choose a new --study")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed run's trial: FAIL + enqueued again
+    _fail_orphans(study, storage, config.grace_period)
+    enqueue_baselines(study)
+    _warn_running(study, config.grace_period)
+
+    done = _evaluated(study)
+    remaining = config.trials - done
+    if remaining <= 0:
+        print(f"study {config.study_name!r} already holds {done} evaluated trials "
+              f"(--trials {config.trials}): no new trials", file=sys.stderr)
+        return records_from_study(study)
+    if done:
+        print(f"resuming study {config.study_name!r}: {done} evaluated trials kept, "
+              f"{remaining} to run", file=sys.stderr)
+
+    objective = Objective(space, task, config.seed, config.epochs)
+    tracker = _Tracker(study, remaining, progress)
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    try:
+        # Duplicates cost nothing and do not count, so one optimize() call may fall
+        # short of the budget: call again for what is missing.
+        while remaining > 0 and tracker.stop_reason is None:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                tracker.stop_reason = f"--timeout {config.timeout:g} s reached"
+                break
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
+                           callbacks=[tracker])
+            remaining = config.trials - _evaluated(study)
+    except (KeyboardInterrupt, _Interrupt):
+        tracker.close()
+        _requeue_interrupted(study, objective.current)
+        raise SearchInterrupted("interrupted by Ctrl-C", records_from_study(study)) from None
+    finally:
+        tracker.close()
+    if tracker.errors >= MAX_CONSECUTIVE_ERRORS:
+        raise TooManyErrors(f"{tracker.errors} trials in a row failed with exceptions (last: "
+                            f"{tracker.last_error}); see trials.json, fix, and run the same command "
+                            "again to continue", records_from_study(study))
+    if tracker.stop_reason is not None:
+        print(f"search stopped early: {tracker.stop_reason}; {_evaluated(study)} of {config.trials} "
+              "trials evaluated", file=sys.stderr)
+    return records_from_study(study)
+
+
+def _evaluated(study) -> int:
+    """Finished trials that evaluated a candidate of their own: what --trials counts."""
+    from optuna.trial import TrialState
+
+    return sum(t.user_attrs.get("duplicate_of") is None
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _fail_orphans(study, storage, grace_period: int) -> None:
+    """Retry RUNNING trials that never recorded a heartbeat, started over `grace_period` s ago.
+
+    Optuna's stale-trial check skips a trial without any heartbeat, so a process
+    killed between `study.ask()` and its trial's first heartbeat would leave that
+    trial RUNNING for ever. The heartbeat table is read directly (no public API).
+    """
+    import sqlalchemy
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running or not hasattr(storage, "engine"):
+        return
+    try:
+        with storage.engine.connect() as con:
+            beating = {r[0] for r in con.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
+    except sqlalchemy.exc.SQLAlchemyError:
+        return
+    now = datetime.now()  # Optuna stores naive local times
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for t in running:
+        if t._trial_id in beating or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() > grace_period:
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) and callback:
+                callback(study, study._storage.get_trial(t._trial_id))
+
+
+def _requeue_interrupted(study, number: int | None) -> None:
+    """Mark the trial that Ctrl-C stopped as FAIL and enqueue it again (same params)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    if number is None:
+        return
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return
+    if trial.state == TrialState.RUNNING:
+        study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if any(number in t.system_attrs.get("retry_history", []) for t in study.get_trials(deepcopy=False)):
+        return
+    frozen = study._storage.get_trial(trial._trial_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        RetryHeartbeatStaleTrialCallback()(study, frozen)
+
+
+def _warn_running(study, grace_period: int) -> None:
+    from optuna.trial import TrialState
+
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        print(f"note: trial {t.number} is marked running (started {now - started:.0f} s ago): another "
+              f"process runs this study, or it was killed and will be retried once it has had no "
+              f"heartbeat for {grace_period} s", file=sys.stderr)
+
+
+class _Tracker:
+    """Optuna callback: the tqdm bar with the current best, one line per trial, error guard."""
+
+    def __init__(self, study, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.errors = 0             # trials in a row that failed with an exception
+        self.duplicates = 0         # trials in a row that proposed an evaluated candidate
+        self.last_error = None
+        self.stop_reason: str | None = None
+        self.bar = tqdm(total=total, desc="search", unit="trial", disable=None if enabled else True,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.best = _best(study)
+        self._show_best()
+
+    def __call__(self, study, trial) -> None:
+        from tqdm import tqdm
+
+        status = trial.user_attrs.get("status") or trial.state.name.lower()
+        duplicate = trial.user_attrs.get("duplicate_of") is not None
+        if trial.state.name == "FAIL" and status == "error":
+            self.errors += 1
+            self.last_error = trial.user_attrs.get("reason")
+            if self.errors >= MAX_CONSECUTIVE_ERRORS:
+                self.stop_reason = f"{self.errors} trials in a row failed"
+                study.stop()
+        elif trial.state.name != "FAIL":
+            self.errors = 0
+            self.duplicates = self.duplicates + 1 if duplicate else 0
+            if self.duplicates >= MAX_DUPLICATES_IN_A_ROW:
+                self.stop_reason = (f"the sampler proposed {self.duplicates} evaluated candidates in a row "
+                                    "(the space looks exhausted)")
+                study.stop()
+        if trial.state.name == "COMPLETE":
+            v = finite_or_none(trial.value)
+            if v is not None and (self.best is None or v > self.best[0]):
+                self.best = (v, trial.user_attrs.get("formula"))
+        score = f"{trial.value:.4f}" if trial.state.name == "COMPLETE" else "-"
+        dup = f" (= trial {trial.user_attrs['duplicate_of']})" if trial.user_attrs.get("duplicate_of") is not None else ""
+        why = "" if status == "ok" else f"  [{(trial.user_attrs.get('reason') or '')[:80]}]"
+        tqdm.write(f"trial {trial.number:4d}  {status:<9} {score:>7}  "
+                   f"{trial.user_attrs.get('formula') or '?'}{dup}{why}", file=sys.stderr)
+        if trial.state.name in ("COMPLETE", "PRUNED") and not duplicate:
+            self.bar.update(1)  # the bar counts what --trials counts
+        self._show_best()
+
+    def _show_best(self):
+        if self.best is not None:
+            formula = (self.best[1] or "?")
+            self.bar.set_postfix_str(f"best {self.best[0]:.4f} {formula[:40]}")
+
+    def close(self):
+        self.bar.close()
+
+
+def _best(study) -> tuple[float, str] | None:
+    from optuna.trial import TrialState
+
+    best = None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        v = finite_or_none(t.value)
+        if v is not None and (best is None or v > best[0]):
+            best = (v, t.user_attrs.get("formula"))
+    return best
+
+
+def records_from_study(study) -> list[TrialRecord]:
+    """Every trial but the waiting ones, as backend-neutral records, in trial order."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {}
+    for t in trials:
+        for n in t.system_attrs.get("retry_history", []):
+            retried_as[n] = t.number
+    records = []
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            continue
+        a = t.user_attrs
+        status = a.get("status")
+        reason = a.get("reason")
+        score = None
+        if t.state == TrialState.COMPLETE:
+            score = finite_or_none(t.value)
+            status = "ok" if score is not None else "diverged"
+        elif t.state == TrialState.PRUNED:
+            status = status if status in ("rejected", "diverged", "pruned") else "pruned"
+        elif t.state == TrialState.FAIL:
+            if status in (None, "running", "interrupted"):
+                status = "interrupted"
+                reason = reason if a.get("status") == "interrupted" else \
+                    "its process stopped (no heartbeat)"
+            else:
+                status = "error"
+            if t.number in retried_as:
+                reason = f"{reason}; retried as trial {retried_as[t.number]}"
+        else:  # RUNNING
+            status, reason = "running", None
+        baseline = a.get("baseline")
+        records.append(TrialRecord(
+            number=t.number, status=status, label=trial_label(t.number, baseline),
+            baseline=baseline, params=None if baseline else dict(t.params),
+            candidate=a.get("candidate"), formula=a.get("formula"), fingerprint=a.get("fingerprint"),
+            score=score, reason=reason, duplicate_of=a.get("duplicate_of"),
+            history=list(a.get("history") or []),
+            learned_coefficients=dict(a.get("learned_coefficients") or {}),
+            wall_time=finite_or_none(a.get("wall_time")), state=t.state.name))
+    return records
+
+
+__all__ = ["run_optuna", "open_study", "records_from_study", "enqueue_baselines", "make_sampler",
+           "make_pruner", "Objective", "MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW"]

@@ -1,0 +1,198 @@
+"""The Ray backend against a real Ray head on loopback (CI's, or one started here).
+
+Tiny models and data: each test runs in well under two minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
+pytest.importorskip("ray.tune")
+
+from ray_helpers import (FewBases, PausingTask, cli, free_port, listening_addresses,  # noqa: E402,F401
+                         ray_address, read_events, ship_by_value, wait_for_event)
+from search import ray_backend as rb  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
+from search.results import write_results  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+TINY = dict(epochs=3, train_size=256, val_size=256)
+
+
+def _config(tmp_path, address, **kw) -> SearchConfig:
+    return SearchConfig(space="eafo_default", runs_dir=str(tmp_path), backend="ray", ray_address=address,
+                        max_concurrent=2, cpus_per_trial=1.0, **{**TINY, **kw}).validate()
+
+
+N_TRIALS = 7  # 4 baselines + 3 from FewBases: relu and gelu are baselines again, tanh is new
+
+
+@pytest.fixture(scope="module")
+def killed_worker_search(ray_address, tmp_path_factory):
+    """A 7-trial search, 2 at a time, whose gelu trial's worker is SIGKILLed after epoch 1.
+
+    The space (FewBases) proposes relu, gelu and tanh, so at least two of its three
+    trials are duplicates. The gelu trial pauses after epoch 1 (its checkpoint
+    already reported) so that the kill lands mid-trial without racing the training.
+    """
+    ship_by_value()  # workers get FewBases and PausingTask without importing tests/
+    tmp = tmp_path_factory.mktemp("ray_fault")
+    config = _config(tmp, ray_address, trials=N_TRIALS, study="fault", sampler="random")
+    task = PausingTask(epochs=config.epochs, train_size=config.train_size, val_size=config.val_size,
+                       device="cpu", pause_after_epoch=1, pause_seconds=30.0)
+    events = config.study_dir / rb.EVENTS_FILE
+    seen = {}
+
+    def kill_gelu_after_epoch_1():
+        e = wait_for_event(events, lambda e: e["event"] == "epoch" and e["number"] == 0 and e["epoch"] == 1,
+                           timeout=240)
+        seen["bound"] = listening_addresses({e["pid"], os.getpid()})
+        # The worker persisted the checkpoint before writing the event; give the driver
+        # time to register it (it polls results every 0.1 s; the trial waits 30 s).
+        time.sleep(5)
+        seen["killed"] = e
+        os.kill(e["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_gelu_after_epoch_1, daemon=True)
+    killer.start()
+    t0 = time.time()
+    records = rb.run_ray(config, FewBases(), task, config.study_dir, progress=False)
+    killer.join(timeout=5)
+    summary = write_results(config.study_dir, records, [], config, task=task, plots=False)
+    info = json.loads((config.study_dir / rb.TRIALS_FILE).read_text())
+    return {"config": config, "records": records, "info": info, "seen": seen, "summary": summary,
+            "events": read_events(events), "wall": time.time() - t0}
+
+
+def test_distributed_search_runs_trials_concurrently_and_makes_the_leaderboard(killed_worker_search):
+    run = killed_worker_search
+    records, info = run["records"], run["info"]
+    assert [r.number for r in records] == list(range(N_TRIALS))
+    assert all(r.status in ("ok", "pruned", "rejected", "diverged") for r in records), \
+        [(r.number, r.status, r.reason) for r in records]
+    assert [r.baseline for r in records[:4]] == ["gelu", "relu", "silu", "crrelu"]  # baselines first
+    # Two trials overlapped in time (Ray ran them at once), on different workers.
+    spans = [(t["started_at"], t["ended_at"], t["pids"]) for t in info]
+    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    assert overlaps, spans
+    assert any(a[2][0] != b[2][0] for a, b in overlaps), spans  # first attempts: different workers
+    # The same results files as the Optuna backend, with every baseline on the leaderboard.
+    leaderboard = json.loads((run["config"].study_dir / "leaderboard.json").read_text())
+    assert {"gelu", "relu", "silu", "crrelu"} <= {row["label"] for row in leaderboard}
+    trials_json = json.loads((run["config"].study_dir / "trials.json").read_text())
+    assert [t["number"] for t in trials_json] == list(range(N_TRIALS))
+    # Ray's experiment lives under the study folder; everything it bound was loopback.
+    assert (run["config"].study_dir / rb.EXPERIMENT).is_dir()
+    assert run["seen"]["bound"] and run["seen"]["bound"] <= LOOPBACK, run["seen"]["bound"]
+
+
+def test_a_fingerprint_is_trained_once(killed_worker_search):
+    run = killed_worker_search
+    records = run["records"]
+    duplicates = [r for r in records if r.duplicate_of is not None]
+    assert len(duplicates) >= 2, [(r.number, r.formula) for r in records]
+    by_number = {r.number: r for r in records}
+    for d in duplicates:
+        owner = by_number[d.duplicate_of]
+        assert owner.fingerprint == d.fingerprint and owner.duplicate_of is None
+        assert (d.status, d.score) == (owner.status, owner.score)
+    # Only the owners trained: one "start" per fingerprint (the killed gelu's restart aside).
+    trained = {e["number"] for e in run["events"] if e["event"] == "start"}
+    fingerprints = [by_number[n].fingerprint for n in trained]
+    assert len(fingerprints) == len(set(fingerprints))
+    assert not trained & {d.number for d in duplicates}
+
+
+def test_killed_worker_resumes_from_its_last_checkpoint(killed_worker_search):
+    run = killed_worker_search
+    gelu = run["records"][0]
+    killed = run["seen"]["killed"]
+    info = run["info"][0]
+    assert gelu.baseline == "gelu" and gelu.status == "ok" and gelu.score is not None
+    assert info["num_failures"] == 1 and killed["pid"] in info["pids"] and len(info["pids"]) == 2
+    assert info["resumed_from_epoch"] is not None and info["resumed_from_epoch"] >= 1
+    # Nothing lost: every epoch once in the history, and after the restart only epochs after the checkpoint.
+    assert [h["epoch"] for h in gelu.history] == [1, 2, 3]
+    after = [e["epoch"] for e in run["events"] if e["number"] == 0 and e["event"] == "epoch"
+             and e["pid"] != killed["pid"]]
+    assert after and min(after) == info["resumed_from_epoch"] + 1
+
+
+def test_rerunning_the_command_restores_a_killed_driver(ray_address, tmp_path):
+    """SIGKILL the CLI after two trials finished; the same command finishes the study
+    without training those two again, then confirms and writes the results."""
+    args = cli("--backend", "ray", "--ray-address", ray_address, "--space", "eafo_default",
+               "--epochs", "2", "--train-size", "128", "--val-size", "128", "--test-size", "200",
+               "--trials", "5", "--max-concurrent", "2", "--confirm-top", "1", "--confirm-seeds", "2",
+               "--runs-dir", str(tmp_path), "--study", "restore", "--device", "cpu")
+    study = tmp_path / "restore"
+    events = study / rb.EVENTS_FILE
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    first = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while len({e["number"] for e in read_events(events) if e["event"] == "end"}) < 2:
+            assert first.poll() is None, f"the first run ended early: {first.stderr.read()[-2000:]}"
+            assert time.time() < deadline, "two trials did not finish in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and nothing else: its own session
+        first.wait()
+        first.stderr.close()
+    killed_at = time.time()
+    done_before = {e["number"] for e in read_events(events) if e["event"] == "end"}
+
+    second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "restoring Ray experiment" in second.stderr
+    trials = json.loads((study / "trials.json").read_text())
+    assert [t["number"] for t in trials] == list(range(5))
+    assert all(t["status"] in ("ok", "pruned", "rejected", "diverged") for t in trials), trials
+    # Trials finished before the kill were kept: not one epoch of them was trained again.
+    retrained = {e["number"] for e in read_events(events) if e["event"] == "epoch" and e["time"] > killed_at}
+    assert not retrained & done_before, (done_before, retrained)
+    leaderboard = json.loads((study / "leaderboard.json").read_text())
+    assert {"gelu", "relu", "silu", "crrelu"} <= {r["label"] for r in leaderboard if r["confirmed"]}
+
+
+def test_unreachable_address_is_a_one_line_usage_error(tmp_path):
+    port = free_port()  # nothing listens there: refused at once, on loopback
+    t0 = time.time()
+    r = subprocess.run(cli("--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--epochs", "1",
+                           "--train-size", "64", "--val-size", "64", "--runs-dir", str(tmp_path),
+                           "--study", "unreachable", "--device", "cpu"),
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "unreachable").exists()  # nothing left behind
+    assert time.time() - t0 < 60
+
+
+def test_local_instance_listens_on_loopback_only():
+    import psutil
+    import ray
+
+    assert not ray.is_initialized()
+    assert rb.connect(None) is True
+    try:
+        me = psutil.Process()
+        pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
+        bound = listening_addresses(pids)
+        assert bound and bound <= LOOPBACK, bound
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    finally:
+        ray.shutdown()

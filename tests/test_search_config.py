@@ -1,0 +1,100 @@
+"""SearchConfig, the record types and the backend seam: no training, milliseconds."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from search import run
+from search.config import STUDY_KEYS, SearchConfig
+from search.exceptions import BackendUnavailable, UsageError
+from search.records import ConfirmRecord, TrialRecord, mean_coefficients, result_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_cli_option_is_one_config_field_and_back():
+    args = run.build_parser().parse_args([])
+    config = run.config_from_args(args)
+    assert config == SearchConfig()
+    assert set(vars(args)) == set(config.to_dict())
+    assert SearchConfig.from_dict(config.to_dict()) == config
+
+
+def test_unknown_config_keys_are_rejected_by_name():
+    with pytest.raises(UsageError, match="epoch"):
+        SearchConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize("field,value", [("trials", 0), ("epochs", -1), ("train_size", 0), ("confirm_seeds", 1),
+                                         ("confirm_top", 0), ("timeout", 0.0), ("timeout", math.inf),
+                                         ("grace_period", 5), ("sampler", "cmaes"), ("study", "../escape"),
+                                         ("gpus_per_trial", -1.0), ("test_size", 0)])
+def test_bad_values_are_refused_naming_the_option(field, value):
+    with pytest.raises(UsageError):
+        SearchConfig(**{field: value, "heartbeat_interval": 10}).validate()
+
+
+def test_confirmation_seeds_never_include_the_search_seed():
+    c = SearchConfig(seed=7, confirm_seeds=4)
+    assert c.confirmation_seeds == [8, 9, 10, 11]
+    assert c.study_name == "eafo_default-fashion_mnist-vit-nano"
+    assert c.storage_url.startswith("sqlite:///") and c.storage_url.endswith("/study.db")
+
+
+def test_a_study_remembers_the_settings_its_results_depend_on():
+    saved = SearchConfig(epochs=3)
+    assert SearchConfig(epochs=3, trials=50, confirm_seeds=10).study_mismatch(saved) == []
+    assert SearchConfig(epochs=1).study_mismatch(saved) == ["epochs=3 (now 1)"]
+    assert "trials" not in STUDY_KEYS
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_score_is_an_outcome_not_a_number(bad):
+    result = SimpleNamespace(status="ok", score=bad, reason=None, history=[{"val_acc": bad}],
+                             coefficients={"eps": [bad, 0.5]}, wall_seconds=1.0)
+    f = result_fields(result)
+    assert f["status"] == "diverged" and f["score"] is None and "finite" in f["reason"]
+    assert f["history"] == [{"val_acc": None}]  # JSON-safe
+    assert f["learned_coefficients"] == {"eps": 0.5}
+    with pytest.raises(ValueError, match="finite"):
+        TrialRecord(number=0, status="ok", label="x", score=bad)
+    with pytest.raises(ValueError):
+        ConfirmRecord(label="x", fingerprint="f", candidate={}, seed=1, status="ok", score=bad)
+
+
+def test_records_round_trip_and_refuse_unknown_fields():
+    r = TrialRecord(number=3, status="pruned", label="trial_3", reason="pruned after epoch 1")
+    assert TrialRecord.from_dict(r.to_dict()) == r
+    with pytest.raises(ValueError):
+        TrialRecord.from_dict({**r.to_dict(), "extra": 1})
+    with pytest.raises(ValueError, match="status"):
+        TrialRecord(number=0, status="weird", label="x")
+    with pytest.raises(ValueError, match="no score"):
+        TrialRecord(number=0, status="pruned", label="x", score=0.5)
+    assert mean_coefficients({"a": [1.0, 3.0], "b": 2, "c": [math.nan]}) == {"a": 2.0, "b": 2.0}
+
+
+def test_help_and_the_default_path_import_no_backend_library():
+    code = ("import sys; from search import run; rc = run.main(['--help']); "
+            "print(rc, sorted(m for m in ('ray', 'torch', 'optuna') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "0 []"
+    for option in ("--trials", "--timeout", "--dataset", "--model", "--epochs", "--train-size", "--val-size",
+                   "--seed", "--study", "--runs-dir", "--storage", "--sampler", "--pruner", "--confirm-top",
+                   "--confirm-seeds", "--device", "--data-root", "--download", "--backend", "--ray-address",
+                   "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent"):
+        assert option in p.stdout
+
+
+def test_a_backend_whose_module_is_missing_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "search.ray_backend", None)  # as if the file were absent
+    with pytest.raises(BackendUnavailable, match="ray backend"):
+        run.get_backend("ray")
+    with pytest.raises(UsageError, match="valid backends"):
+        run.get_backend("dask")
+    assert callable(run.get_backend("optuna"))
