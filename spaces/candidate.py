@@ -9,6 +9,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import sympy as sp
 
+from spaces.codegen import check_generated_names
 from spaces.functions import X, piecewise_to_step
 from spaces.parse import coefficient_symbol, parse_expression
 
@@ -47,6 +48,9 @@ class Candidate:
         for s in expr.free_symbols:
             if s != X:
                 coefficient_symbol(s.name)  # validates the name
+        # Names the generated torch code binds itself (g, torch, self, ...) would
+        # shadow a coefficient there: refuse them now, not at compile time.
+        check_generated_names("activation", "Activation", names)
         unknown = (set(init) | learnable) - set(names)
         if unknown:
             raise ValueError(
