@@ -10,6 +10,9 @@ user's formula string is ever copied into it.
 Backward is the sympy derivative, with common subexpressions shared between
 the input gradient and the coefficient gradients (`sympy.cse`), so the
 autograd.Function saves only the input (and the scalar coefficients).
+Each kernel pair comes twice: the exact form, and the form fused float32 CPU
+kernels use (erf through an exp it shares with the Gaussian terms; see
+`_erf_float32`).
 """
 from __future__ import annotations
 
@@ -132,6 +135,10 @@ class TorchPrinter:
     def _mul(self, e: sp.Mul) -> str:
         num, den = [], []
         coeff, factors = e.as_coeff_mul()
+        # Symbol-free factors (1/sqrt(2*pi), ...) join the numeric coefficient, so
+        # they are one float literal, not a tensor op per call.
+        coeff = coeff * sp.Mul(*[f for f in factors if not f.free_symbols])
+        factors = [f for f in factors if f.free_symbols]
         for f in factors:
             if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
                 den.append(self._pow(f.base, -f.exp))
@@ -204,6 +211,18 @@ def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str):
     """Common subexpressions of `exprs` as assignment lines, and the printed results."""
     temps = sp.numbered_symbols("_cse")
     replacements, reduced = sp.cse(exprs, symbols=temps, optimizations="basic")
+    # A symbol-free temporary (sqrt(2)/2, ...) is put back in place: the printer
+    # folds it into a float literal where it is used.
+    constants = {}
+    kept = []
+    for sym, sub in replacements:
+        sub = sub.xreplace(constants)
+        if sub.free_symbols:
+            kept.append((sym, sub))
+        else:
+            constants[sym] = sub
+    replacements = kept
+    reduced = [r.xreplace(constants) for r in reduced]
     names = dict(names)
     lines = []
     for i, (sym, sub) in enumerate(replacements):
@@ -224,6 +243,8 @@ _METHOD_NAMES = _KERNEL_NAMES | {"xc", "gc", "low", "grads", "coefficients", "ct
                                  "output", "self", "inplace", "enabled", "float", "tuple", "super",
                                  "training"}
 _MODULE_GLOBALS = frozenset({"math", "torch", "F", "FORMULA", "COEFFICIENTS", "use_compiled_kernels"})
+# (the module's other globals, _PLAIN, _KERNELS, _kernel and the _<name>_* kernels,
+# start with an underscore, which check_name refuses in any user-given name)
 
 
 def check_generated_names(func_name: str, class_name: str, coefficients=()) -> None:
@@ -247,8 +268,79 @@ def check_generated_names(func_name: str, class_name: str, coefficients=()) -> N
             raise ValueError(f"invalid coefficient name {n!r}: reserved in generated code")
 
 
+# Backward forms of bases that share their expensive part with the rest of the
+# derivative: gelu'(x) needs erf(x/sqrt(2)) anyway, silu'(x) and mish'(x) need
+# sigmoid(x) and tanh(softplus(x)). Writing gelu(x) itself (e.g. in a
+# coefficient's gradient) through the same erf lets sympy.cse compute each
+# transcendental once per element instead of once per use.
+_SHARED_FORMS = {
+    fn.gelu: lambda a: a * (1 + sp.erf(a / sp.sqrt(2))) / 2,
+    fn.silu: lambda a: a * fn.sigmoid(a),
+    fn.mish: lambda a: a * sp.tanh(fn.softplus(a)),
+}
+
+
+def _shared_form(e: sp.Expr) -> sp.Expr:
+    return e.replace(lambda n: type(n) in _SHARED_FORMS,
+                     lambda n: _SHARED_FORMS[type(n)](n.args[0]))
+
+
+# Float32 forms for fused CPU kernels. PyTorch's own vectorised float32 erf on the
+# CPU (at::vec::Vectorized<float>::erf, inside nn.GELU and inductor's kernels) is
+# Abramowitz & Stegun 7.1.26:
+# erf(u) = sign(u) * (1 - t*P(t) * exp(-u**2)), t = 1/(1 + p|u|), |error| <= 1.5e-7.
+# Written out here, its exp(-u**2) for u = x/sqrt(2) is the Gaussian exp(-x**2/2)
+# that EAFO corrections and gelu'(x) need anyway, so sympy.cse computes one exp
+# where the kernel would otherwise compute two or three. Same formula, same
+# accuracy as that erf (tested); float64 and CUDA kernels keep torch.erf.
+_AS_P = 0.3275911
+_AS_COEFFS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _erf_float32(u: sp.Expr) -> sp.Expr:
+    t = 1 / (1 + sp.Float(_AS_P) * sp.Abs(u))
+    poly = sp.Float(0)
+    for c in reversed(_AS_COEFFS):  # Horner: t*(a1 + t*(a2 + ...))
+        poly = t * (sp.Float(c) + poly)
+    return sp.sign(u) * (1 - poly * sp.exp(-u**2))
+
+
+def _float32_form(e: sp.Expr) -> sp.Expr:
+    return _shared_form(e).replace(lambda n: isinstance(n, sp.erf), lambda n: _erf_float32(n.args[0]))
+
+
+def _kernel_pair(prefix: str, learnable: list[str], syms: dict, expr: sp.Expr,
+                 derivs: list[sp.Expr]) -> list[str]:
+    """Source lines of `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`."""
+    args = ", ".join(["x", *learnable])
+    ind = "    "
+    fwd_lines, (fwd,) = _cse_lines([expr], syms, ind)
+    if expr == X:
+        fwd = "x.clone()"  # autograd.Function may not return its input as is
+    elif X not in expr.free_symbols:
+        fwd = f"torch.zeros_like(x) + {fwd}"  # a constant still has x's shape
+    bwd_lines, printed = _cse_lines(derivs, syms, ind)
+    grads = [f"g * {printed[0]}"]
+    for n, d in zip(learnable, printed[1:]):
+        # one scalar per coefficient: reduce in float32 at least, whatever g's dtype
+        grads.append(f"torch.sum(g * {d}, dtype=torch.promote_types(g.dtype, torch.float32))"
+                     f".reshape({n}.shape).to({n}.dtype)")
+    return [
+        f"def {prefix}_fwd({args}):",
+        *fwd_lines,
+        f"{ind}return {fwd}",
+        "",
+        "",
+        f"def {prefix}_bwd({args}, g):",
+        *bwd_lines,
+        f"{ind}return ({', '.join(grads)},)",
+    ]
+
+
 def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
-    """Source of `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`.
+    """Source of the kernels: `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`,
+    and `{prefix}_f32_fwd` / `{prefix}_f32_bwd`, the forms fused CPU float32 kernels use
+    (the same functions, written for fusion: see `_erf_float32`).
 
     `expr` may contain only x and the symbols named in `learnable` (fixed
     coefficients must already be substituted).
@@ -263,32 +355,14 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
     extra = expr.free_symbols - set(syms)
     if extra:
         raise ValueError(f"expression has unbound symbols {sorted(map(str, extra))}")
-    args = ", ".join(["x", *learnable])
-    ind = "    "
-
-    fwd_lines, (fwd,) = _cse_lines([expr], syms, ind)
-    if expr == X:
-        fwd = "x.clone()"  # autograd.Function may not return its input as is
-    elif X not in expr.free_symbols:
-        fwd = f"torch.zeros_like(x) + {fwd}"  # a constant still has x's shape
-    derivs = [sp.diff(expr, X)] + [sp.diff(expr, s) for s in list(syms)[1:]]
-    bwd_lines, printed = _cse_lines(derivs, syms, ind)
-    grads = [f"g * {printed[0]}"]
-    for n, d in zip(learnable, printed[1:]):
-        # one scalar per coefficient: reduce in float32 at least, whatever g's dtype
-        grads.append(f"torch.sum(g * {d}, dtype=torch.promote_types(g.dtype, torch.float32))"
-                     f".reshape({n}.shape).to({n}.dtype)")
-    src = [
-        f"def {prefix}_fwd({args}):",
-        *fwd_lines,
-        f"{ind}return {fwd}",
-        "",
-        "",
-        f"def {prefix}_bwd({args}, g):",
-        *bwd_lines,
-        f"{ind}return ({', '.join(grads)},)",
-    ]
-    return "\n".join(src) + "\n"
+    derivs = [_shared_form(sp.diff(expr, s)) for s in syms]  # x first, then coefficients
+    exact = _kernel_pair(prefix, learnable, syms, expr, derivs)
+    if any(e.has(sp.erf) or e.has(fn.gelu) for e in (expr, *derivs)):
+        fused = _kernel_pair(f"{prefix}_f32", learnable, syms, _float32_form(expr),
+                             [_float32_form(d) for d in derivs])
+    else:  # nothing to rewrite: the float32 kernels are the exact ones
+        fused = [f"{prefix}_f32_fwd, {prefix}_f32_bwd = {prefix}_fwd, {prefix}_bwd"]
+    return "\n".join([*exact, "", "", *fused]) + "\n"
 
 
 MODULE_TEMPLATE = '''\
@@ -309,16 +383,24 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 # Kernels the autograd.Function calls. `use_compiled_kernels()` swaps in
 # torch.compile'd versions: each becomes one fused elementwise kernel (C++ on
 # CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost.
-_KERNELS = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd}}
+# Fused float32 CPU kernels use the *_f32 forms, which share one exp between erf
+# and the Gaussian terms; one op at a time, the exact forms are cheaper.
+_PLAIN = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd, "f32_fwd": {prefix}_f32_fwd, "f32_bwd": {prefix}_f32_bwd}}
+_KERNELS = dict(_PLAIN)
 
 
 def use_compiled_kernels(enabled=True):
-    """Fuse forward and backward with torch.compile (first call compiles)."""
-    if enabled:
-        _KERNELS["fwd"] = torch.compile({prefix}_fwd, dynamic=True, fullgraph=True)
-        _KERNELS["bwd"] = torch.compile({prefix}_bwd, dynamic=True, fullgraph=True)
-    else:
-        _KERNELS["fwd"], _KERNELS["bwd"] = {prefix}_fwd, {prefix}_bwd
+    """Fuse forward and backward with torch.compile (first call per shape compiles)."""
+    _KERNELS.update({{k: torch.compile(f, fullgraph=True) for k, f in _PLAIN.items()}} if enabled else _PLAIN)
+    _KERNELS["compiled"] = enabled
+
+
+def _kernel(name, x):
+    """The forward or backward kernel for x (float64, float32 or on CUDA)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and (
+            _KERNELS.get("compiled") or torch.compiler.is_compiling()):
+        return _KERNELS["f32_" + name]
+    return _KERNELS[name]
 
 
 def {func_name}(x, {coef_kwargs}inplace=False):
@@ -332,7 +414,7 @@ class {class_name}Function(torch.autograd.Function):
     @staticmethod
     def forward(x{coef_args}):
         xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return _KERNELS["fwd"](xc{coef_args}).to(x.dtype)
+        return _kernel("fwd", xc)(xc{coef_args}).to(x.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -344,7 +426,7 @@ class {class_name}Function(torch.autograd.Function):
         low = x.dtype in (torch.float16, torch.bfloat16)
         xc = x.float() if low else x
         gc = g.float() if low else g
-        grads = _KERNELS["bwd"](xc, *coefficients, gc)
+        grads = _kernel("bwd", xc)(xc, *coefficients, gc)
         return (grads[0].to(x.dtype),) + tuple(grads[1:])
 
 
