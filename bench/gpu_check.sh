@@ -12,6 +12,9 @@
 # here, then run with carry=["bench/out/fashion-mnist"] (about 30 MB).
 #
 #   bash bench/gpu_check.sh
+#
+# Dry run of the same code on the CPU (small sizes; checks the script, not the GPU):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_TRAIN=1000 GPU_CHECK_EPOCHS=1 bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,8 +31,12 @@ python -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.v
 
 status=0
 echo "== activation kernels"
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+export GPU_CHECK_DEVICE="$DEVICE"
+KERNEL_ARGS=(--device "$DEVICE")
+[ "$DEVICE" = cpu ] && KERNEL_ARGS+=(--quick)
 if [ -f bench/activation_kernels.py ]; then
-  timeout 180 python bench/activation_kernels.py --device cuda || { echo "activation_kernels.py failed (rc=$?)"; status=1; }
+  timeout 180 python bench/activation_kernels.py "${KERNEL_ARGS[@]}" || { echo "activation_kernels.py failed (rc=$?)"; status=1; }
 else
   echo "bench/activation_kernels.py not in this tree: skipped"; status=1
 fi
@@ -37,6 +44,7 @@ fi
 echo "== vit-tiny trial"
 timeout 240 python - <<'EOF' || { echo "vit-tiny trial failed (rc=$?)"; status=1; }
 import json
+import os
 
 import torch
 
@@ -44,8 +52,11 @@ import spaces
 from evaluators import ProxyTask
 
 crrelu = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}, learnable=["eps"])
-task = ProxyTask(model="vit-tiny", image_size=32, epochs=3, train_size=None, val_size=5000,
-                 batch_size=256, eval_batch_size=2500, device="cuda")
+device = os.environ["GPU_CHECK_DEVICE"]
+train = os.environ.get("GPU_CHECK_TRAIN")
+task = ProxyTask(model="vit-tiny", image_size=32, epochs=int(os.environ.get("GPU_CHECK_EPOCHS", "3")),
+                 train_size=int(train) if train else None, val_size=1000 if train else 5000,
+                 batch_size=256, eval_batch_size=2500, device=device)
 
 
 def report(epoch, m):
@@ -64,7 +75,7 @@ print(json.dumps({
     "peak_memory_kind": r.peak_memory_kind,
     "wall_seconds": round(r.wall_seconds, 1),
     "train_images": task.load_split("val").train_x.shape[0],
-    "gpu": torch.cuda.get_device_name(0),
+    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
 }, indent=2))
 EOF
 exit $status
