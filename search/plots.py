@@ -4,6 +4,8 @@ activations.png  the top confirmed activations, with their learned coefficient
                  values, and their derivatives, beside GELU and ReLU
 history.png      the optimisation history: each trial's validation accuracy,
                  the running best, and the trials that never got a score
+zero_cost.png    each searched candidate's EAFO output entropy against its
+                 search score: how far the zero-cost score could be trusted here
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialReco
     study_dir = Path(study_dir)
     plot_activations(study_dir / "activations.png", rows)
     plot_history(study_dir / "history.png", records)
-    return ["activations.png", "history.png"]
+    plot_zero_cost(study_dir / "zero_cost.png", rows)
+    return ["activations.png", "history.png", "zero_cost.png"]
 
 
 def _curves(candidate_dict: dict, values: dict, xs: np.ndarray):
@@ -120,6 +123,29 @@ def plot_history(path: str | Path, records: list[TrialRecord]) -> None:
     _save(fig, path)
 
 
+def plot_zero_cost(path: str | Path, rows: list[dict]) -> None:
+    import matplotlib.pyplot as plt
+
+    from search.results import zero_cost_agreement
+
+    pts = [r for r in rows if r.get("output_entropy") is not None and r.get("search_score") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if pts:
+        ax.scatter([r["output_entropy"] for r in pts], [r["search_score"] for r in pts], s=26)
+        for r in pts:
+            ax.annotate(r["label"], (r["output_entropy"], r["search_score"]), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
+    agreement = zero_cost_agreement(rows)
+    tau = (f"Kendall tau of -entropy vs score: {agreement['tau']:+.2f} (n = {agreement['n']})"
+           if agreement else "too few candidates for a rank correlation")
+    ax.set_title(f"Zero-cost EAFO score against training\n{tau}", fontsize=10)
+    ax.set_xlabel("output entropy H[f(x)], x ~ N(0, 1) (nats; EAFO: lower is better)")
+    ax.set_ylabel("search validation accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -130,4 +156,4 @@ def _save(fig, path: str | Path) -> None:
         plt.close(fig)
 
 
-__all__ = ["write_plots", "plot_activations", "plot_history"]
+__all__ = ["write_plots", "plot_activations", "plot_history", "plot_zero_cost"]

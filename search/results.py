@@ -11,10 +11,17 @@ records (search.records.ConfirmRecord) and writes, in the study folder,
     summary.txt        the table and the verdict printed on the terminal
     activations.png    the top activations and their derivatives beside GELU and ReLU
     history.png        the optimisation history
+    zero_cost.png      EAFO output entropy against search score, per candidate
 
 Ranking is on confirmed results: mean test accuracy over the confirmation
 seeds. Candidates that were searched but not confirmed follow, ranked by their
 (single-seed) search score, marked `confirmed: false`.
+
+Every row also carries the candidate's zero-cost EAFO scores (output entropy,
+distance from the WAFBC; milliseconds, no data), and the summary says how well
+the entropy ranked this study's candidates against their search scores, so a
+user sees on their own task how far the cheap score can be trusted
+(bench/proxy_fidelity.py measures it against longer training).
 
 Every candidate is compared with GELU on the same seeds: the mean paired
 difference with a 95 % percentile-bootstrap interval (search.stats). A
@@ -31,11 +38,12 @@ import platform
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 from search.atomic import write_json, write_text
-from search.records import ConfirmRecord, TrialRecord, jsonable
+from search.records import ConfirmRecord, TrialRecord, finite_or_none, jsonable
 from search.stats import mean_std, paired_bootstrap_ci
 
 CONFIDENCE = 0.95
@@ -45,7 +53,9 @@ MIN_PAIRS_FOR_CLAIM = 3
 REFERENCE = "gelu"
 CSV_COLUMNS = ["rank", "label", "formula", "fingerprint", "confirmed", "n_seeds", "mean", "std",
                "seeds", "per_seed", "mean_diff_vs_gelu", "ci_low", "ci_high", "n_pairs", "beats_gelu",
-               "search_score", "search_trial", "learned_coefficients", "failures"]
+               "search_score", "search_trial", "output_entropy", "wafbc_distance",
+               "learned_coefficients", "failures"]
+MIN_ROWS_FOR_TAU = 4  # below this a rank correlation says nothing
 
 
 @dataclass
@@ -105,7 +115,41 @@ def build_leaderboard(records: list[TrialRecord], confirmations: list[ConfirmRec
     ranked = confirmed + unconfirmed
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
+        row.update(_zero_cost(row["candidate"]))
     return [{"rank": r.pop("rank"), **r} for r in ranked]
+
+
+def _zero_cost(candidate: dict | None) -> dict:
+    """EAFO zero-cost scores of a row's candidate at its initial coefficients (None: no theory)."""
+    if not candidate:
+        return {"output_entropy": None, "wafbc_distance": None}
+    scores = _entropy_score(json.dumps(candidate, sort_keys=True))
+    return {k: finite_or_none(scores.get(k)) for k in ("output_entropy", "wafbc_distance")}
+
+
+@lru_cache(maxsize=4096)
+def _entropy_score(candidate_json: str) -> dict:
+    # cached: the leaderboard is rebuilt after every confirmation run
+    import spaces
+    from evaluators import entropy_score
+
+    return entropy_score(spaces.Candidate.from_dict(json.loads(candidate_json)))
+
+
+def zero_cost_agreement(rows: list[dict]) -> dict | None:
+    """Kendall tau between -output entropy (EAFO: lower entropy predicted better) and the
+    search score, over the rows that have both; None with fewer than MIN_ROWS_FOR_TAU."""
+    from scipy.stats import kendalltau
+
+    pairs = [(-r["output_entropy"], r["search_score"]) for r in rows
+             if r.get("output_entropy") is not None and r.get("search_score") is not None]
+    if len(pairs) < MIN_ROWS_FOR_TAU:
+        return None
+    res = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
+    tau, p = float(res.statistic), float(res.pvalue)
+    if tau != tau:  # NaN: all scores tied
+        return None
+    return {"tau": tau, "p": p, "n": len(pairs)}
 
 
 def _search_scores(records: list[TrialRecord]) -> dict[str, dict]:
@@ -225,6 +269,11 @@ def verdict(rows: list[dict], complete: bool) -> str:
                      f"per-seed differences); use --confirm-seeds 10 or more for a useful one.")
     if not complete:
         lines.append("Confirmation is incomplete (interrupted): this ranking is partial.")
+    agreement = zero_cost_agreement(rows)
+    if agreement:
+        lines.append(f"Zero-cost check: ranking the {agreement['n']} searched candidates by EAFO output "
+                     f"entropy (lower first) agrees with their search scores at Kendall tau "
+                     f"{agreement['tau']:+.2f} (p = {agreement['p']:.2g}).")
     return "\n".join(lines)
 
 

@@ -128,7 +128,7 @@ on a GPU (--device cuda, or auto), scale the task up, e.g.:
 or --model vit-tiny --dataset cifar10 for the paper's ViT-T on CIFAR-10.
 
 results go to <runs-dir>/<study>/: leaderboard.csv/.json, best.json,
-activations.png, history.png, summary.txt, trials.json, config.json,
+activations.png, history.png, zero_cost.png, summary.txt, trials.json, config.json,
 confirm.jsonl and (default storage) study.db. Watch a running search with
   optuna-dashboard sqlite:///runs/<study>/study.db
 

@@ -8,7 +8,8 @@ import pytest
 import spaces
 from search.config import SearchConfig
 from search.records import ConfirmRecord, TrialRecord
-from search.results import build_leaderboard, write_results
+from evaluators import entropy_score
+from search.results import build_leaderboard, write_results, zero_cost_agreement
 
 CAND = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": -0.3}, learnable=["eps"])
 WEAK = spaces.parse("tanh(x)")
@@ -76,7 +77,7 @@ def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_
     assert "No candidate beats GELU beyond noise" in summary.text
     assert "wide" in summary.text  # three seeds
     for name in ("trials.json", "leaderboard.json", "leaderboard.csv", "best.json", "summary.txt",
-                 "activations.png", "history.png"):
+                 "activations.png", "history.png", "zero_cost.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     best = json.loads((tmp_path / "best.json").read_text())
@@ -98,3 +99,26 @@ def test_an_unfinished_confirmation_writes_a_partial_leaderboard_but_no_best_jso
     rows = json.loads((tmp_path / "leaderboard.json").read_text())
     assert rows and not any(r["confirmed"] for r in rows)
     assert "not confirmed" in summary.text and "partial" in summary.text
+
+
+def test_every_row_carries_its_zero_cost_scores_and_the_summary_says_how_well_they_ranked(tmp_path):
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    for r in rows:
+        expected = entropy_score(spaces.Candidate.from_dict(r["candidate"]))
+        assert r["output_entropy"] == pytest.approx(expected["output_entropy"])
+        assert r["wafbc_distance"] == pytest.approx(expected["wafbc_distance"])
+    # search scores 0.80..0.83 (baselines), 0.86 (CAND), 0.70 (tanh): tau of -entropy against them
+    from scipy.stats import kendalltau
+    tau = kendalltau([-r["output_entropy"] for r in rows], [r["search_score"] for r in rows]).statistic
+    agreement = zero_cost_agreement(rows)
+    assert agreement["n"] == 6 and agreement["tau"] == pytest.approx(tau)
+    summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}),
+                            SearchConfig(runs_dir=str(tmp_path), study="s"), plots=False)
+    assert f"Kendall tau {tau:+.2f}" in summary.text
+    header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert "output_entropy" in header and "wafbc_distance" in header
+
+
+def test_zero_cost_agreement_needs_four_scored_rows():
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    assert zero_cost_agreement(rows[:3]) is None

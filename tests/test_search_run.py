@@ -62,9 +62,9 @@ def test_a_search_writes_the_leaderboard_best_json_and_plots_with_every_baseline
     rc, study_dir, _ = finished_run
     assert rc == 0
     for name in ("leaderboard.csv", "leaderboard.json", "best.json", "activations.png", "history.png",
-                 "config.json", "trials.json", "confirm.jsonl", "summary.txt", "study.db"):
+                 "zero_cost.png", "config.json", "trials.json", "confirm.jsonl", "summary.txt", "study.db"):
         assert (study_dir / name).is_file(), name
-    for png in ("activations.png", "history.png"):
+    for png in ("activations.png", "history.png", "zero_cost.png"):
         assert (study_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     rows = json.loads((study_dir / "leaderboard.json").read_text())
