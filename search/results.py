@@ -133,7 +133,10 @@ def _entropy_score(candidate_json: str) -> dict:
     import spaces
     from evaluators import entropy_score
 
-    return entropy_score(spaces.Candidate.from_dict(json.loads(candidate_json)))
+    try:
+        return entropy_score(spaces.Candidate.from_dict(json.loads(candidate_json)))
+    except Exception:  # noqa: BLE001 - a side score must never cost a study its results files
+        return {}
 
 
 def zero_cost_agreement(rows: list[dict]) -> dict | None:
@@ -271,8 +274,8 @@ def verdict(rows: list[dict], complete: bool) -> str:
         lines.append("Confirmation is incomplete (interrupted): this ranking is partial.")
     agreement = zero_cost_agreement(rows)
     if agreement:
-        lines.append(f"Zero-cost check: ranking the {agreement['n']} searched candidates by EAFO output "
-                     f"entropy (lower first) agrees with their search scores at Kendall tau "
+        lines.append(f"Zero-cost check: over the {agreement['n']} searched candidates, the ranking by EAFO "
+                     f"output entropy (lower first) and the ranking by search score have Kendall tau "
                      f"{agreement['tau']:+.2f} (p = {agreement['p']:.2g}).")
     return "\n".join(lines)
 

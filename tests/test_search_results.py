@@ -122,3 +122,10 @@ def test_every_row_carries_its_zero_cost_scores_and_the_summary_says_how_well_th
 def test_zero_cost_agreement_needs_four_scored_rows():
     rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
     assert zero_cost_agreement(rows[:3]) is None
+
+
+def test_a_candidate_the_zero_cost_score_cannot_handle_leaves_the_columns_empty():
+    from search.results import _zero_cost
+    assert _zero_cost({"formula": "x +* 1", "coefficients": []}) == \
+        {"output_entropy": None, "wafbc_distance": None}
+    assert _zero_cost(None) == {"output_entropy": None, "wafbc_distance": None}
