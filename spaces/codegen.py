@@ -207,8 +207,95 @@ class TorchPrinter:
         return self._p(e) if self._tensorish(e) else f"x.new_full((), {self._p(e)})"
 
 
-def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str):
-    """Common subexpressions of `exprs` as assignment lines, and the printed results."""
+# Tensor methods that apply a unary function in place.
+_INPLACE_UNARY = {
+    sp.exp: "exp_", sp.log: "log_", sp.sin: "sin_", sp.cos: "cos_", sp.tanh: "tanh_",
+    sp.atan: "atan_", sp.asinh: "asinh_", sp.erf: "erf_", sp.Abs: "abs_", sp.sign: "sign_",
+    fn.relu: "relu_", fn.sigmoid: "sigmoid_",
+}
+
+
+class InplacePrinter(TorchPrinter):
+    """Prints an expression so that each buffer it allocates is reused, in place, by
+    the ops that follow (`torch.mul(x, 0.5).add_(t).mul_(g)`): for eager kernels, where
+    every op is a pass over memory anyway but a new buffer per op also costs an
+    allocation (and, for large tensors, fresh pages). Only buffers the expression
+    itself allocated are ever written: never x, g, a coefficient or a shared temporary.
+    Used only where autograd does not record (inside the autograd.Function).
+    """
+
+    def __init__(self, names: dict[sp.Symbol, str], full: set[sp.Symbol]):
+        super().__init__(names)
+        self.full = full  # symbols bound to tensors of x's shape (x, g, temporaries of them)
+
+    def doprint(self, e: sp.Expr) -> str:
+        return self._emit(e)[0]
+
+    def _is_full(self, e) -> bool:
+        return bool(e.free_symbols & self.full)
+
+    def _emit(self, e) -> tuple[str, bool]:
+        """(code, fresh): fresh when the value is a new buffer of x's shape, ours to overwrite."""
+        if isinstance(e, sp.Symbol) or not self._is_full(e):
+            return self._p(e), False
+        if isinstance(e, (sp.Add, sp.Mul)):
+            return self._chain(e)
+        if type(e) in _INPLACE_UNARY:
+            code, fresh = self._emit(e.args[0])
+            if fresh:
+                return f"{code}.{_INPLACE_UNARY[type(e)]}()", True
+        if isinstance(e, sp.Pow) and e.exp == 2:
+            code, fresh = self._emit(e.base)
+            if fresh:
+                return f"{code}.square_()", True
+        return self._p(e), True  # any other op on a tensor of x's shape returns a new one
+
+    def _chain(self, e) -> tuple[str, bool]:
+        items = []  # (operand, in-place method)
+        if isinstance(e, sp.Add):
+            for a in e.args:
+                neg = a.could_extract_minus_sign()
+                items.append((-a if neg else a, "sub_" if neg else "add_"))
+        else:
+            coeff, factors = e.as_coeff_mul()
+            coeff = coeff * sp.Mul(*[f for f in factors if not f.free_symbols])
+            for f in factors:
+                if not f.free_symbols:
+                    continue
+                if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+                    items.append((sp.Pow(f.base, -f.exp), "div_"))
+                else:
+                    items.append((f, "mul_"))
+            if coeff != 1:
+                items.append((coeff, "mul_"))
+        emitted = [(self._emit(a), op, a) for a, op in items]
+        # The accumulator: an operand that is already a fresh buffer, else a new buffer
+        # made from the first operand of x's shape.
+        pick = next((i for i, ((_, fresh), _, _) in enumerate(emitted) if fresh), None)
+        if pick is None:
+            pick = next(i for i, (_, _, a) in enumerate(emitted) if self._is_full(a))
+        (code, fresh), op, _ = emitted.pop(pick)
+        if op == "div_":
+            acc = f"{code}.reciprocal_()" if fresh else f"torch.reciprocal({code})"
+        elif op == "sub_":
+            acc = f"{code}.neg_()" if fresh else f"torch.neg({code})"
+        elif fresh:
+            acc = code
+        elif emitted:  # x * c, x + t, ...: the first op allocates
+            (code2, _), op2, _ = emitted.pop(0)
+            fname = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}[op2]
+            acc = f"torch.{fname}({code}, {code2})"
+        else:
+            acc = f"{code}.clone()"
+        for (c, _), op, _ in emitted:
+            acc = f"{acc}.{op}({c})"
+        return acc, True
+
+
+def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str, inplace: bool = False):
+    """Common subexpressions of `exprs` as assignment lines, and the printed results.
+
+    inplace: print with InplacePrinter (eager kernels inside the autograd.Function)."""
     temps = sp.numbered_symbols("_cse")
     replacements, reduced = sp.cse(exprs, symbols=temps, optimizations="basic")
     # A symbol-free temporary (sqrt(2)/2, ...) is put back in place: the printer
@@ -224,13 +311,22 @@ def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str):
     replacements = kept
     reduced = [r.xreplace(constants) for r in reduced]
     names = dict(names)
+    full = {sym for sym in names if sym.name in ("x", "g")}  # X is named x; g is bound by the caller
+
+    def printer():
+        return InplacePrinter(names, full) if inplace else TorchPrinter(names)
+
     lines = []
     for i, (sym, sub) in enumerate(replacements):
         # A leading underscore: no coefficient name can start with one (check_name).
+        line = f"{indent}_t{i} = {printer().doprint(sub)}"
         names[sym] = f"_t{i}"
-        lines.append(f"{indent}_t{i} = {TorchPrinter(names).doprint(sub)}")
-    printer = TorchPrinter(names)
-    return lines, [printer.doprint(r) for r in reduced]
+        if sub.free_symbols & full:
+            full.add(sym)
+        lines.append(line)
+    # fresh: the printed result is a new buffer of x's shape (see InplacePrinter._emit)
+    fresh = [inplace and not isinstance(r, sp.Symbol) and bool(r.free_symbols & full) for r in reduced]
+    return lines, [printer().doprint(r) for r in reduced], fresh
 
 
 # Names the generated code itself binds or reads. A coefficient is an argument of
@@ -243,7 +339,7 @@ _METHOD_NAMES = _KERNEL_NAMES | {"xc", "gc", "low", "grads", "coefficients", "ct
                                  "output", "self", "inplace", "enabled", "float", "tuple", "super",
                                  "training"}
 _MODULE_GLOBALS = frozenset({"math", "torch", "F", "FORMULA", "COEFFICIENTS", "use_compiled_kernels"})
-# (the module's other globals, _PLAIN, _KERNELS, _kernel and the _<name>_* kernels,
+# (the module's other globals, _PLAIN, _EAGER, _KERNELS, _kernel and the _<name>_* kernels,
 # start with an underscore, which check_name refuses in any user-given name)
 
 
@@ -310,20 +406,24 @@ def _float32_form(e: sp.Expr) -> sp.Expr:
 
 
 def _kernel_pair(prefix: str, learnable: list[str], syms: dict, expr: sp.Expr,
-                 derivs: list[sp.Expr]) -> list[str]:
+                 derivs: list[sp.Expr], inplace: bool = False) -> list[str]:
     """Source lines of `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`."""
     args = ", ".join(["x", *learnable])
     ind = "    "
-    fwd_lines, (fwd,) = _cse_lines([expr], syms, ind)
+    fwd_lines, (fwd,), _ = _cse_lines([expr], syms, ind, inplace)
     if expr == X:
         fwd = "x.clone()"  # autograd.Function may not return its input as is
     elif X not in expr.free_symbols:
         fwd = f"torch.zeros_like(x) + {fwd}"  # a constant still has x's shape
-    bwd_lines, printed = _cse_lines(derivs, syms, ind)
-    grads = [f"g * {printed[0]}"]
-    for n, d in zip(learnable, printed[1:]):
+    bwd_lines, printed, fresh = _cse_lines(derivs, syms, ind, inplace)
+
+    def times_g(d, fresh_d):
+        return f"{d}.mul_(g)" if fresh_d else f"g * {d}"
+
+    grads = [times_g(printed[0], fresh[0])]
+    for n, d, f in zip(learnable, printed[1:], fresh[1:]):
         # one scalar per coefficient: reduce in float32 at least, whatever g's dtype
-        grads.append(f"torch.sum(g * {d}, dtype=torch.promote_types(g.dtype, torch.float32))"
+        grads.append(f"torch.sum({times_g(d, f)}, dtype=torch.promote_types(g.dtype, torch.float32))"
                      f".reshape({n}.shape).to({n}.dtype)")
     return [
         f"def {prefix}_fwd({args}):",
@@ -338,9 +438,10 @@ def _kernel_pair(prefix: str, learnable: list[str], syms: dict, expr: sp.Expr,
 
 
 def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
-    """Source of the kernels: `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`,
-    and `{prefix}_f32_fwd` / `{prefix}_f32_bwd`, the forms fused CPU float32 kernels use
-    (the same functions, written for fusion: see `_erf_float32`).
+    """Source of the kernels: `{prefix}_fwd(x, *coefs)` and `{prefix}_bwd(x, *coefs, g)`;
+    `{prefix}_eager_fwd` / `_bwd`, the same printed with in-place ops (InplacePrinter) for
+    the autograd.Function in eager mode; and `{prefix}_f32_fwd` / `_bwd`, the forms fused
+    CPU float32 kernels use (the same functions, written for fusion: see `_erf_float32`).
 
     `expr` may contain only x and the symbols named in `learnable` (fixed
     coefficients must already be substituted).
@@ -357,12 +458,13 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
         raise ValueError(f"expression has unbound symbols {sorted(map(str, extra))}")
     derivs = [_shared_form(sp.diff(expr, s)) for s in syms]  # x first, then coefficients
     exact = _kernel_pair(prefix, learnable, syms, expr, derivs)
+    eager = _kernel_pair(f"{prefix}_eager", learnable, syms, expr, derivs, inplace=True)
     if any(e.has(sp.erf) or e.has(fn.gelu) for e in (expr, *derivs)):
         fused = _kernel_pair(f"{prefix}_f32", learnable, syms, _float32_form(expr),
                              [_float32_form(d) for d in derivs])
     else:  # nothing to rewrite: the float32 kernels are the exact ones
         fused = [f"{prefix}_f32_fwd, {prefix}_f32_bwd = {prefix}_fwd, {prefix}_bwd"]
-    return "\n".join([*exact, "", "", *fused]) + "\n"
+    return "\n".join([*exact, "", "", *eager, "", "", *fused]) + "\n"
 
 
 MODULE_TEMPLATE = '''\
@@ -380,13 +482,16 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 
 {functions}
 
-# Kernels the autograd.Function calls. `use_compiled_kernels()` swaps in
+# Kernels the autograd.Function calls. Eager, the *_eager forms (in-place ops: one
+# buffer reused along each expression). `use_compiled_kernels()` swaps in
 # torch.compile'd versions: each becomes one fused elementwise kernel (C++ on
-# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost.
+# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost;
+# under torch.compile of a model the plain forms are traced and fused the same way.
 # Fused float32 CPU kernels use the *_f32 forms, which share one exp between erf
 # and the Gaussian terms; one op at a time, the exact forms are cheaper.
 _PLAIN = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd, "f32_fwd": {prefix}_f32_fwd, "f32_bwd": {prefix}_f32_bwd}}
-_KERNELS = dict(_PLAIN)
+_EAGER = {{"fwd": {prefix}_eager_fwd, "bwd": {prefix}_eager_bwd}}
+_KERNELS = dict(_PLAIN, compiled=False)
 
 
 def use_compiled_kernels(enabled=True):
@@ -396,9 +501,11 @@ def use_compiled_kernels(enabled=True):
 
 
 def _kernel(name, x):
-    """The forward or backward kernel for x (float64, float32 or on CUDA)."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and (
-            _KERNELS.get("compiled") or torch.compiler.is_compiling()):
+    """The forward or backward kernel for x: eager, compiled, or traced by torch.compile."""
+    if not (_KERNELS["compiled"] or torch.compiler.is_compiling()):
+        # in place only where autograd records nothing (a backward under create_graph does)
+        return _PLAIN[name] if torch.is_grad_enabled() else _EAGER[name]
+    if x.dtype == torch.float32 and x.device.type == "cpu":
         return _KERNELS["f32_" + name]
     return _KERNELS[name]
 

@@ -189,12 +189,40 @@ def test_backward_computes_each_transcendental_once():
     from spaces.codegen import function_sources
     c = spaces.parse("beta*gelu(x) + (1 - beta)*silu(x)", init={"beta": 0.7}, learnable=["beta"])
     src = function_sources(c.code_expr(), ["beta"], "_a")
-    bwd = src[src.index("def _a_bwd"):src.index("def _a_f32_fwd")]
+    bwd = src[src.index("def _a_bwd"):src.index("def _a_eager_fwd")]
     f32 = src[src.index("def _a_f32_fwd"):]
     assert f32.count("torch.exp(") == 2 and "torch.erf" not in f32  # one exp each: erf's is phi's
     assert bwd.count("torch.erf(") == 1 and bwd.count("torch.sigmoid(") == 1
     assert "F.gelu" not in bwd and "F.silu" not in bwd
     assert "as_tensor" not in src  # 1/sqrt(2*pi) is one float literal, not a tensor op
+
+
+@pytest.mark.parametrize("base", ALL_BASES)
+def test_in_place_eager_kernels_equal_the_plain_ones_and_leave_their_inputs_alone(base):
+    """The eager kernels reuse their own buffers (InplacePrinter): same values as the
+    plain kernels, and x, g and the coefficients unchanged."""
+    for family, k in [("hermite", 2), ("eafo", 1)]:
+        c = corrected(base, family, k)
+        ns = c.module_class().forward.__globals__
+        x = torch.linspace(-5.1, 4.9, 1001, dtype=torch.float64).reshape(7, 143)
+        g = torch.randn_like(x)
+        eps = torch.tensor(0.3, dtype=torch.float64)
+        copies = [t.clone() for t in (x, g, eps)]
+        plain_y, eager_y = ns["_PLAIN"]["fwd"](x, eps), ns["_EAGER"]["fwd"](x, eps)
+        plain_d, eager_d = ns["_PLAIN"]["bwd"](x, eps, g), ns["_EAGER"]["bwd"](x, eps, g)
+        for t, copy in zip((x, g, eps), copies):
+            assert torch.equal(t, copy)
+        assert torch.allclose(plain_y, eager_y, rtol=1e-12, atol=1e-12)
+        for a, b in zip(plain_d, eager_d):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_double_backward_goes_through_the_plain_kernels():
+    """Under create_graph the backward must be recorded: no in-place kernels there."""
+    c = spaces.parse("gelu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.2}, learnable=["eps"])
+    m = c.to_module().double()
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 def test_works_as_timm_act_layer():
