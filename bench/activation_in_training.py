@@ -1,0 +1,94 @@
+"""What a generated activation costs in a training step, against nn.GELU.
+
+    PYTHONPATH=. python bench/activation_in_training.py              # vit-nano, batch 128, CPU
+    PYTHONPATH=. python bench/activation_in_training.py --model vit-tiny --device cuda --batch-size 256
+
+One optimizer step (forward, cross-entropy, backward, AdamW) of the same model
+preset with nn.GELU and with generated modules (a plain base, CRReLU, the gelu
+correction), on one fixed random batch. Variants are interleaved, one step of each
+per round, and each figure is the median over rounds, so load from other
+processes hits all alike. Prints one JSON object with ms per step and the ratio
+to nn.GELU measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import spaces  # noqa: E402
+from evaluators.models import build_model, get_preset  # noqa: E402
+
+
+def activations() -> dict[str, type]:
+    return {
+        "nn.GELU": torch.nn.GELU,
+        "generated gelu": spaces.parse("gelu(x)").module_class(),
+        "generated crrelu": spaces.BASELINES["crrelu"].module_class(),
+        "generated gelu + eps*x*exp(-x**2/2)": spaces.parse(
+            "gelu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}, learnable=["eps"]).module_class(),
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit-nano")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's own")
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    size = args.image_size or get_preset(args.model).img_size or 28
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.randn(args.batch_size, 1, size, size, generator=gen).to(device)
+    yb = torch.randint(0, 10, (args.batch_size,), generator=gen).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    steps = {}
+    for name, act in activations().items():
+        torch.manual_seed(0)
+        model = build_model(args.model, act_layer=act, in_chans=1, num_classes=10, img_size=size).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(model=model, opt=opt):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        steps[name] = step
+    for step in steps.values():  # warm-up
+        for _ in range(5):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["nn.GELU"])
+    out = {
+        "model": args.model, "batch_size": args.batch_size, "image_size": size, "device": device.type,
+        "threads": torch.get_num_threads(), "rounds": args.rounds,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},
+        "ratio_vs_gelu": {n: round(statistics.median(t) / ref, 3) for n, t in times.items()},
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
