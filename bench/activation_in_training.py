@@ -1,6 +1,7 @@
 """What a generated activation costs in a training step, against nn.GELU.
 
     PYTHONPATH=. python bench/activation_in_training.py              # vit-nano, batch 128, CPU
+    PYTHONPATH=. python bench/activation_in_training.py --fused      # generated kernels fused
     PYTHONPATH=. python bench/activation_in_training.py --model vit-tiny --device cuda --batch-size 256
 
 One optimizer step (forward, cross-entropy, backward, AdamW) of the same model
@@ -8,7 +9,9 @@ preset with nn.GELU and with generated modules (a plain base, CRReLU, the gelu
 correction), on one fixed random batch. Variants are interleaved, one step of each
 per round, and each figure is the median over rounds, so load from other
 processes hits all alike. Prints one JSON object with ms per step and the ratio
-to nn.GELU measured in the same run.
+to nn.GELU measured in the same run. With --fused, the generated modules run with
+`use_compiled_kernels()` (forward and backward each one compiled kernel; the
+first steps compile).
 """
 from __future__ import annotations
 
@@ -39,26 +42,18 @@ def activations() -> dict[str, type]:
     }
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit-nano")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's own")
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-
-    device = torch.device(args.device)
-    size = args.image_size or get_preset(args.model).img_size or 28
+def measure(acts: dict[str, type], model_name: str, batch_size: int, size: int, rounds: int,
+            device: torch.device) -> dict[str, list[float]]:
+    """Seconds per optimizer step for each activation, `rounds` interleaved samples."""
     gen = torch.Generator().manual_seed(0)
-    xb = torch.randn(args.batch_size, 1, size, size, generator=gen).to(device)
-    yb = torch.randint(0, 10, (args.batch_size,), generator=gen).to(device)
+    xb = torch.randn(batch_size, 1, size, size, generator=gen).to(device)
+    yb = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     steps = {}
-    for name, act in activations().items():
+    for name, act in acts.items():
         torch.manual_seed(0)
-        model = build_model(args.model, act_layer=act, in_chans=1, num_classes=10, img_size=size).to(device)
+        model = build_model(model_name, act_layer=act, in_chans=1, num_classes=10, img_size=size).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step(model=model, opt=opt):
@@ -67,21 +62,47 @@ def main(argv=None) -> dict:
             loss.backward()
             opt.step()
         steps[name] = step
-    for step in steps.values():  # warm-up
+    for step in steps.values():  # warm-up (and, with --fused, compilation)
         for _ in range(5):
             step()
     times = {name: [] for name in steps}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, step in steps.items():
             sync()
             t0 = time.perf_counter()
             step()
             sync()
             times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit-nano")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's own")
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--fused", action="store_true", help="generated modules use_compiled_kernels()")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    size = args.image_size or get_preset(args.model).img_size or 28
+    acts = activations()
+    # Generated classes are shared (cached per candidate): switch them back when done.
+    switches = [a.forward.__globals__["use_compiled_kernels"] for n, a in acts.items()
+                if args.fused and n.startswith("generated")]
+    for use_compiled_kernels in switches:
+        use_compiled_kernels(True)
+    try:
+        times = measure(acts, args.model, args.batch_size, size, args.rounds, device)
+    finally:
+        for use_compiled_kernels in switches:
+            use_compiled_kernels(False)
     ref = statistics.median(times["nn.GELU"])
     out = {
         "model": args.model, "batch_size": args.batch_size, "image_size": size, "device": device.type,
-        "threads": torch.get_num_threads(), "rounds": args.rounds,
+        "threads": torch.get_num_threads(), "rounds": args.rounds, "fused": args.fused,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},
         "ratio_vs_gelu": {n: round(statistics.median(t) / ref, 3) for n, t in times.items()},
