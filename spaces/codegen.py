@@ -10,9 +10,10 @@ user's formula string is ever copied into it.
 Backward is the sympy derivative, with common subexpressions shared between
 the input gradient and the coefficient gradients (`sympy.cse`), so the
 autograd.Function saves only the input (and the scalar coefficients).
-Each kernel pair comes twice: the exact form, and the form fused float32 CPU
-kernels use (erf through an exp it shares with the Gaussian terms; see
-`_erf_float32`).
+Each kernel pair comes three times: the exact form; the same with in-place ops
+for eager mode (`InplacePrinter`); and the form fused float32 CPU kernels use
+(exp, erf, tanh and sigmoid as multiply-adds inductor inlines; see
+`_float32_form`).
 """
 from __future__ import annotations
 
