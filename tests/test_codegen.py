@@ -129,11 +129,16 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.allclose(eager.eps.grad, comp.eps.grad, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_kernels_match_plain_kernels_and_can_be_switched_off(dtype):
-    """use_compiled_kernels() fuses the kernels (float32 on the CPU: the shared-exp
-    erf form) without changing values or gradients beyond float32 rounding."""
-    c = spaces.parse("beta*gelu(x) + (1 - beta)*x*exp(-x**2/2)", init={"beta": 0.7}, learnable=["beta"])
+@pytest.mark.parametrize("formula,dtype", [
+    ("beta*gelu(x) + (1 - beta)*x*exp(-x**2/2)", torch.float32),
+    ("beta*gelu(x) + (1 - beta)*x*exp(-x**2/2)", torch.float64),
+    ("beta*tanh(x) + (1 - beta)*silu(x)", torch.float32),
+])
+def test_compiled_kernels_match_plain_kernels_and_can_be_switched_off(formula, dtype):
+    """use_compiled_kernels() fuses the kernels (float32 on the CPU: the polynomial
+    exp, erf, tanh and sigmoid forms, FMA-contracted) without changing values or
+    gradients beyond float32 rounding."""
+    c = spaces.parse(formula, init={"beta": 0.7}, learnable=["beta"])
     cls = c.module_class()
     ns = cls.forward.__globals__  # the generated module's namespace
     x1 = (torch.randn(4, 1000, dtype=dtype) * 3).requires_grad_(True)
