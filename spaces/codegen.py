@@ -420,7 +420,8 @@ _UNARY_TORCH[exp_nonpositive] = "_exp_nonpositive"
 
 # The float32 exp of fused CPU kernels, for a <= 0: a = n*ln2 + r with |r| <= ln2/2
 # (Cody-Waite: ln2 in two parts, so n*ln2 is exact), exp(r) by Cephes' expf
-# polynomial, 2**n written straight into the float's exponent bits. Relative error
+# polynomial, 2**n written straight into the float's exponent bits: the integer
+# (n + 127) * 2**23, computed exactly in float32 as one multiply-add. Relative error
 # below 1e-7 (tested). a < -88 gives n = -127, exponent bits 0: exactly 0.0, where
 # float32's exp underflows anyway. NaN stays NaN.
 EXP_NONPOSITIVE_SOURCE = """\
@@ -431,7 +432,7 @@ def _exp_nonpositive(a):
     r = a - n * 0.693359375 + n * 2.12194440e-4
     p = (((((1.9875691500e-4 * r + 1.3981999507e-3) * r + 8.3334519073e-3) * r
            + 4.1665795894e-2) * r + 1.6666665459e-1) * r + 5.0000001201e-1) * (r * r) + r + 1.0
-    return p * ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+    return p * (n * 8388608.0 + 1065353216.0).to(torch.int32).view(torch.float32)
 """
 
 
@@ -468,7 +469,7 @@ def _float32_form(e: sp.Expr) -> sp.Expr:
     e = _shared_form(e).replace(lambda n: n.is_Pow and n.exp == 2 and isinstance(n.base, sp.tanh),
                                 lambda n: _tanh_squared_float32(n.base.args[0]))
     e = e.replace(lambda n: type(n) in _FLOAT32_FORMS,
-                                lambda n: _FLOAT32_FORMS[type(n)](n.args[0]))
+                  lambda n: _FLOAT32_FORMS[type(n)](n.args[0]))
     return e.replace(lambda n: isinstance(n, sp.exp) and bool(n.args[0].is_nonpositive),
                      lambda n: exp_nonpositive(n.args[0]))
 
