@@ -191,6 +191,20 @@ def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
         assert abs(a.item() - b.item()) <= 5e-7 * x.numel()
 
 
+@pytest.mark.parametrize("formula", ["tanh(x)", "sigmoid(x)", "silu(x)", "gelu(x)", "mish(x)",
+                                     "relu(x) + x*exp(-x**2/2)", "0.8*gelu(x) + 0.2*tanh(x)"])
+def test_float32_kernel_forms_agree_with_torch_at_infinities_huge_tiny_and_nan(formula):
+    """The fused float32 forms at the edges (where exp under- or overflows, where
+    tanh and sigmoid saturate): the same values as the exact torch forms, NaN for NaN."""
+    ns = spaces.parse(formula).module_class().forward.__globals__
+    x = torch.tensor([-float("inf"), -1e30, -100.0, -88.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 88.0, 100.0,
+                      1e30, float("inf"), float("nan")])
+    g = torch.ones_like(x)
+    assert torch.allclose(ns["_PLAIN"]["f32_fwd"](x), ns["_PLAIN"]["fwd"](x), atol=1e-6, equal_nan=True)
+    assert torch.allclose(ns["_PLAIN"]["f32_bwd"](x, g)[0], ns["_PLAIN"]["bwd"](x, g)[0], atol=1e-6,
+                          equal_nan=True)
+
+
 def test_polynomial_exp_of_fused_kernels_is_float32_accurate_and_underflows_to_zero():
     """_exp_nonpositive (every exp of a fused float32 CPU kernel) against float64 exp:
     relative error below 1e-7 wherever float32 exp is a normal number, exactly 0 below
@@ -219,6 +233,7 @@ def test_backward_computes_each_transcendental_once():
     # exp(-x**2/2) for erf and phi; no Sleef call left for inductor to make
     assert f32.count("_exp_nonpositive(") == 4
     assert not any(f in f32 for f in ("torch.exp", "torch.erf", "torch.sigmoid", "F.silu"))
+    assert "torch.where(x > 0" in f32 and ".to(x.dtype)" not in f32  # sigmoid's sides: a blend
     assert bwd.count("torch.erf(") == 1 and bwd.count("torch.sigmoid(") == 1
     assert "F.gelu" not in bwd and "F.silu" not in bwd
     assert "as_tensor" not in src  # 1/sqrt(2*pi) is one float literal, not a tensor op
