@@ -13,7 +13,7 @@ autograd.Function saves only the input (and the scalar coefficients).
 Each kernel pair comes three times: the exact form; the same with in-place ops
 for eager mode (`InplacePrinter`); and the form fused float32 CPU kernels use
 (exp, erf, tanh and sigmoid as multiply-adds inductor inlines; see
-`_float32_form`).
+`_float32_forms`).
 """
 from __future__ import annotations
 
@@ -122,6 +122,11 @@ class TorchPrinter:
             return f"torch.heaviside({a}, x.new_full((), {self._p(h0)}))"
         if isinstance(e, sp.DiracDelta):
             return "0.0"  # derivative of a step: zero almost everywhere
+        if isinstance(e, with_sign_of):
+            return f"_with_sign_of({self._as_tensor(e.args[0])}, {self._as_tensor(e.args[1])})"
+        if isinstance(e, clamp_sym):
+            c = _float_literal(e.args[1])
+            return f"torch.clamp({self._as_tensor(e.args[0])}, -{c}, {c})"
         if isinstance(e, where_positive):
             a, pos, other = e.args
             return f"torch.where({self._p(a)} > 0, {self._branch(pos)}, {self._branch(other)})"
@@ -387,27 +392,34 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 
 # Float32 forms for fused CPU kernels. Inductor's C++ calls Sleef for exp, erf,
 # tanh and sigmoid, and for the same maths it is several times slower than the
-# oneDNN kernel behind nn.GELU, which evaluates erf through one polynomial exp.
-# These forms do what that kernel does, written as plain multiply-adds that
-# inductor fuses into one loop:
+# oneDNN kernel behind nn.GELU. These forms are plain multiply-adds that inductor
+# fuses into one loop:
 # - erf(u) is Abramowitz & Stegun 7.1.26 (the formula of PyTorch's own vectorised
 #   float32 erf, at::vec::Vectorized<float>::erf):
 #   sign(u) * (1 - t*P(t) * exp(-u**2)), t = 1/(1 + p|u|), |error| <= 1.5e-7.
 #   Its exp(-u**2) for u = x/sqrt(2) is the Gaussian exp(-x**2/2) that EAFO
-#   corrections and gelu'(x) need anyway: sympy.cse computes it once.
-# - tanh(u) = sign(u) * (1 - e)/(1 + e) and sigmoid(a) = 1/(1 + e) (times e for
-#   a < 0), with e = exp(-2|u|) or exp(-|a|): arguments <= 0, so no overflow.
+#   corrections and gelu'(x) need anyway: sympy.cse computes it once. It also keeps
+#   1 + erf(u) accurate in the tail (gelu(x) for x near -5); a minimax rational erf,
+#   tried, lost that (7.6e-7 there against float32 torch's 2.6e-7) and was slower
+#   wherever the Gaussian is needed anyway.
+# - tanh(u) alone (a forward) is an odd minimax rational, u*P(s)/Q(s) with
+#   s = min(u**2, c**2), clamped to [-1, 1] (`_odd_rational`): no exp, no sign; the
+#   gelu-tanh mix's forward kernel takes ~0.87x the time of the exp form. Within
+#   3.5e-7 of tanh in float32. Where a kernel also needs tanh(u)**2 (a backward),
+#   tanh' = 1 - tanh**2 is 4e/(1 + e)**2 and tanh is sign(u)(1 - e)/(1 + e), one
+#   e = exp(-2|u|) for both: 1 - (rational)**2 would lose tanh''s relative accuracy
+#   in the tails, which mish'(x) multiplies by x (5e-6 off at x = 8).
+# - sigmoid(a) = 1/(1 + e) (times e for a < 0), e = exp(-|a|): no overflow.
+# - sign(u) * y is `with_sign_of(y, u)`: two bit operations, not inductor's five.
 # - every exp whose argument sympy proves <= 0 (all of the above, and every
 #   Gaussian term) becomes `exp_nonpositive`, printed as `_exp_nonpositive`: Cephes'
 #   polynomial with 2**n built in the exponent bits (EXP_NONPOSITIVE_SOURCE).
 # Accuracy against float64 is tested to be within a few 1e-7 of float32 torch.
 # float64 and CUDA kernels keep the exact forms (torch.erf, torch.exp, ...).
-_AS_P = 0.3275911
-_AS_COEFFS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
 class exp_nonpositive(sp.Function):  # noqa: N801 - printed like sympy's own functions
-    """exp(a) for an argument known to be <= 0 (see `_float32_form`)."""
+    """exp(a) for an argument known to be <= 0 (see `_float32_forms`)."""
 
     nargs = 1
 
@@ -420,6 +432,26 @@ class exp_nonpositive(sp.Function):  # noqa: N801 - printed like sympy's own fun
 
 
 _UNARY_TORCH[exp_nonpositive] = "_exp_nonpositive"
+
+
+class with_sign_of(sp.Function):  # noqa: N801
+    """y * sign(x) for y >= 0, printed as `_with_sign_of(y, x)`: two bit operations on
+    float32, where inductor's sign is two compares, two blends and a subtract. At
+    x = -0.0 it gives -y where sign(x) * y gives 0; the erf and tanh forms that use it
+    have y = 0 or ~1e-9 there."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, y, x):
+        if x.is_Number:
+            return y * sp.sign(x)
+        if isinstance(x, sp.Mul):  # sign(x/sqrt(2)) is sign(x): no multiply for it
+            consts = [a for a in x.args if not a.free_symbols]
+            if consts and sp.Mul(*consts).is_positive:
+                return cls(y, sp.Mul(*[a for a in x.args if a.free_symbols]))
+        return None
+
 
 # The float32 exp of fused CPU kernels, for a <= 0: a = n*ln2 + r with |r| <= ln2/2
 # (Cody-Waite: ln2 in two parts, so n*ln2 is exact), exp(r) by Cephes' expf
@@ -436,7 +468,55 @@ def _exp_nonpositive(a):
     p = (((((1.9875691500e-4 * r + 1.3981999507e-3) * r + 8.3334519073e-3) * r
            + 4.1665795894e-2) * r + 1.6666665459e-1) * r + 5.0000001201e-1) * (r * r) + r + 1.0
     return p * (n * 8388608.0 + 1065353216.0).to(torch.int32).view(torch.float32)
+
+
+def _with_sign_of(y, x):
+    \"\"\"y (>= 0) with the sign bit of x, in float32: sign(x) * y as two bit operations.\"\"\"
+    return (y.view(torch.int32) | (x.view(torch.int32) & -2147483648)).view(torch.float32)
 """
+
+
+class clamp_sym(sp.Function):  # noqa: N801
+    """a clamped to [-c, c]: printed as torch.clamp (NaN stays NaN)."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a, c):
+        return sp.Max(-c, sp.Min(c, a)) if a.is_Number else None
+
+
+# tanh on [0, 9], degrees (5, 3): (c_fit, c_clamp, P, Q), coefficients in powers of
+# s = u**2 rounded to float32, from `spaces.minimax.odd_rational_fit(np.tanh, 9, 5, 3)`
+# (max error 5.3e-8; `python -m spaces.minimax` prints it again, a test re-runs it).
+# Beyond c_fit the rational keeps rising, past 1 + 1e-6 at c_clamp, so the final
+# clamp gives exactly +-1 for |u| >= c_clamp however float32 rounding falls
+# (tanh(9) is within 3e-8 of 1).
+_TANH_RATIONAL = (9.0, 9.5,
+                  (0.9999997615814209, 0.1291065812110901, 0.0029119683895260096, 9.194866834150162e-06,
+                   -1.2590678721835502e-08, 1.783723342640986e-11),
+                  (1.0, 0.4624389111995697, 0.02372605912387371, 0.00022693752544000745))
+
+
+def _odd_rational(u: sp.Expr, fit) -> sp.Expr:
+    # u * P(s)/Q(s) with s = min(u**2, c**2): for |u| beyond c the value is u/c times
+    # a number above 1, so the final clamp gives exactly +-1, for +-inf too; no
+    # overflow (s is bounded); NaN stays NaN. A one-sided clamp on s instead of a
+    # two-sided one on u.
+    _, c_clamp, p, q = fit
+    s = sp.Min(u**2, sp.Float(c_clamp**2))
+
+    def horner(coefs):
+        out = sp.Float(coefs[-1])
+        for c in reversed(coefs[:-1]):
+            out = sp.Float(c) + s * out
+        return out
+
+    return clamp_sym(u * horner(p) / horner(q), sp.Integer(1))
+
+
+_AS_P = 0.3275911
+_AS_COEFFS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
 def _erf_float32(u: sp.Expr) -> sp.Expr:
@@ -444,16 +524,21 @@ def _erf_float32(u: sp.Expr) -> sp.Expr:
     poly = sp.Float(0)
     for c in reversed(_AS_COEFFS):  # Horner: t*(a1 + t*(a2 + ...))
         poly = t * (sp.Float(c) + poly)
-    return sp.sign(u) * (1 - poly * sp.exp(-u**2))
+    return with_sign_of(1 - poly * sp.exp(-u**2), u)
 
 
 def _tanh_float32(u: sp.Expr) -> sp.Expr:
+    return _odd_rational(u, _TANH_RATIONAL)
+
+
+def _tanh_exp_float32(u: sp.Expr) -> sp.Expr:
     e = sp.exp(-2 * sp.Abs(u))
-    return sp.sign(u) * (1 - e) / (1 + e)
+    return with_sign_of((1 - e) / (1 + e), u)
 
 
 def _tanh_squared_float32(u: sp.Expr) -> sp.Expr:
-    # tanh' = 1 - tanh**2 becomes 4e/(1 + e)**2: no cancellation where tanh is near 1
+    # tanh' = 1 - tanh**2 becomes 4e/(1 + e)**2: no cancellation where tanh is near 1,
+    # so tanh' keeps its relative accuracy in the tails (mish'(x) multiplies it by x)
     e = sp.exp(-2 * sp.Abs(u))
     return 1 - 4 * e / (1 + e)**2
 
@@ -484,13 +569,25 @@ _FLOAT32_FORMS = {sp.erf: _erf_float32, sp.tanh: _tanh_float32, fn.sigmoid: _sig
                   fn.step: _step_float32}
 
 
-def _float32_form(e: sp.Expr) -> sp.Expr:
-    e = _shared_form(e).replace(lambda n: n.is_Pow and n.exp == 2 and isinstance(n.base, sp.tanh),
-                                lambda n: _tanh_squared_float32(n.base.args[0]))
-    e = e.replace(lambda n: type(n) in _FLOAT32_FORMS,
-                  lambda n: _FLOAT32_FORMS[type(n)](n.args[0]))
-    return e.replace(lambda n: isinstance(n, sp.exp) and bool(n.args[0].is_nonpositive),
-                     lambda n: exp_nonpositive(n.args[0]))
+def _float32_forms(exprs: list[sp.Expr]) -> list[sp.Expr]:
+    """The float32 forms of the expressions one fused kernel computes."""
+    exprs = [_shared_form(e) for e in exprs]
+    # tanh(u) in a kernel that also needs tanh(u)**2 (a backward): both through one
+    # e = exp(-2|u|), which tanh' needs for its accuracy anyway; else the rational
+    squared = {n.base.args[0] for e in exprs for n in e.atoms(sp.Pow)
+               if n.exp == 2 and isinstance(n.base, sp.tanh)}
+
+    def form(e):
+        e = e.replace(lambda n: n.is_Pow and n.exp == 2 and isinstance(n.base, sp.tanh),
+                      lambda n: _tanh_squared_float32(n.base.args[0]))
+        e = e.replace(lambda n: isinstance(n, sp.tanh) and n.args[0] in squared,
+                      lambda n: _tanh_exp_float32(n.args[0]))
+        e = e.replace(lambda n: type(n) in _FLOAT32_FORMS,
+                      lambda n: _FLOAT32_FORMS[type(n)](n.args[0]))
+        return e.replace(lambda n: isinstance(n, sp.exp) and bool(n.args[0].is_nonpositive),
+                         lambda n: exp_nonpositive(n.args[0]))
+
+    return [form(e) for e in exprs]
 
 
 def _kernel_pair(prefix: str, learnable: list[str], syms: dict, expr: sp.Expr,
@@ -547,7 +644,7 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
     derivs = [_shared_form(sp.diff(expr, s)) for s in syms]  # x first, then coefficients
     exact = _kernel_pair(prefix, learnable, syms, expr, derivs)
     eager = _kernel_pair(f"{prefix}_eager", learnable, syms, expr, derivs, inplace=True)
-    f32_expr, f32_derivs = _float32_form(expr), [_float32_form(d) for d in derivs]
+    (f32_expr,), f32_derivs = _float32_forms([expr]), _float32_forms(derivs)
     if f32_expr != expr or f32_derivs != derivs:
         fused = _kernel_pair(f"{prefix}_f32", learnable, syms, f32_expr, f32_derivs)
     else:  # nothing to rewrite: the float32 kernels are the exact ones

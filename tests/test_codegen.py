@@ -163,10 +163,11 @@ def test_compiled_kernels_match_plain_kernels_and_can_be_switched_off(formula, d
 @pytest.mark.parametrize("formula", ["gelu(x)", "gelu(x) + eps*x*exp(-x**2/2)", "eps*erf(x) + x",
                                      "eps*gelu(x) + (1 - eps)*silu(x)", "eps*gelu(x) + (1 - eps)*tanh(x)",
                                      "silu(x) + eps*(x**2 - 1)*exp(-x**2/2)", "relu(x) + eps*x*exp(-x**2/2)",
-                                     "mish(x)", "sigmoid(x)*eps"])
+                                     "mish(x)", "sigmoid(x)*eps", "tanh(x)", "gelu_tanh(x)"])
 def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
-    """The fused float32 forms (polynomial exp; erf, tanh, sigmoid through it) against
-    float64 exact values: no worse than float32 torch itself, to a few 1e-7."""
+    """The fused float32 forms (polynomial exp; erf and sigmoid through it; the rational
+    tanh; tanh' through exp) against float64 exact values: no worse than float32 torch
+    itself, to a few 1e-7."""
     has_eps = "eps" in formula
     c = spaces.parse(formula, init={"eps": 0.3} if has_eps else None, learnable=["eps"] if has_eps else [])
     ns = c.module_class().forward.__globals__
@@ -184,7 +185,8 @@ def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
     def error(y, ref):
         return ((y.double() - ref).abs() / ref.abs().clamp_min(1.0)).max().item()  # relative above 1
 
-    # A&S 7.1.26 is within 1.5e-7 of erf; allow that (times the erf's factor) over float32 torch
+    # A&S 7.1.26 is within 1.5e-7 of erf, the tanh rational within 3e-7 evaluated in
+    # float32 (3.5e-7 off this grid): allow that over float32 torch
     assert error(fast_y, exact_y) <= error(plain32_y, exact_y) + 3e-7
     assert error(fast_d[0], exact_d[0]) <= error(plain32_d[0], exact_d[0]) + 3e-7
     for a, b in zip(fast_d[1:], plain32_d[1:]):
@@ -192,7 +194,8 @@ def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
 
 
 @pytest.mark.parametrize("formula", ["tanh(x)", "sigmoid(x)", "silu(x)", "gelu(x)", "mish(x)",
-                                     "relu(x) + x*exp(-x**2/2)", "0.8*gelu(x) + 0.2*tanh(x)"])
+                                     "relu(x) + x*exp(-x**2/2)", "0.8*gelu(x) + 0.2*tanh(x)", "gelu_tanh(x)",
+                                     "x*tanh(x)"])
 def test_float32_kernel_forms_agree_with_torch_at_infinities_huge_tiny_and_nan(formula):
     """The fused float32 forms at the edges (where exp under- or overflows, where
     tanh and sigmoid saturate): the same values as the exact torch forms, NaN for NaN."""
@@ -220,6 +223,30 @@ def test_polynomial_exp_of_fused_kernels_is_float32_accurate_and_underflows_to_z
     assert out[:4].tolist() == [0.0] * 4 and out[4].item() == 1.0 and out[5].isnan()
     compiled = torch.compile(exp_np, fullgraph=True)
     assert torch.allclose(compiled(a), exp_np(a), rtol=2e-7, atol=0)
+
+
+def test_rational_tanh_is_exactly_one_past_its_clamp_and_its_coefficients_are_the_remez_fit():
+    """The fused tanh form x*P(s)/Q(s), s = min(x**2, 9.5**2), clamped to [-1, 1]:
+    exactly +-1 from |x| = 9.5 on (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding
+    error), odd, increasing up to float32 rounding (dips of a few ulp); its coefficients are what spaces.minimax's Remez fit gives
+    (rounded to float32), and that fit's error is the minimax level it reports."""
+    import numpy as np
+
+    from spaces import codegen, minimax
+    ns = spaces.parse("tanh(x)").module_class().forward.__globals__
+    tanh32 = ns["_PLAIN"]["f32_fwd"]
+    x = torch.linspace(0, 30, 300_001)
+    y = tanh32(x)
+    assert torch.equal(tanh32(-x), -y)
+    assert y.diff().min().item() > -5e-7 and y.max().item() == 1.0
+    assert (y[x >= 9.5] == 1.0).all()
+    c_fit, c_clamp, p, q = codegen._TANH_RATIONAL
+    worst, p_fit, q_fit = minimax.odd_rational_fit(np.tanh, c_fit, len(p) - 1, len(q) - 1)
+    assert worst < 6e-8
+    assert [float(np.float32(v)) for v in p_fit] == list(p)
+    assert [float(np.float32(v)) for v in q_fit] == list(q)
+    s = c_clamp**2
+    assert c_clamp * np.polyval(p[::-1], s) / np.polyval(q[::-1], s) > 1 + 1e-6  # past 1: the clamp saturates
 
 
 def test_backward_computes_each_transcendental_once():
