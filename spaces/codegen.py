@@ -442,6 +442,9 @@ class with_sign_of(sp.Function):  # noqa: N801
 
     nargs = 2
 
+    def _eval_is_extended_real(self):
+        return True  # else sympy treats sign(... with_sign_of ...) as complex: conjugate()
+
     @classmethod
     def eval(cls, y, x):
         if x.is_Number:
@@ -480,6 +483,9 @@ class clamp_sym(sp.Function):  # noqa: N801
     """a clamped to [-c, c]: printed as torch.clamp (NaN stays NaN)."""
 
     nargs = 2
+
+    def _eval_is_extended_real(self):
+        return True
 
     @classmethod
     def eval(cls, a, c):
