@@ -241,9 +241,10 @@ def test_float32_forms_stay_real_inside_abs(formula):
 
 def test_rational_tanh_is_exactly_one_past_its_clamp_and_its_coefficients_are_the_remez_fit():
     """The fused tanh form x*P(s)/Q(s), s = min(x**2, 9.5**2), clamped to [-1, 1]:
-    exactly +-1 from |x| = 9.5 on (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding
-    error), odd, increasing up to float32 rounding (dips of a few ulp); its coefficients are what spaces.minimax's Remez fit gives
-    (rounded to float32), and that fit's error is the minimax level it reports."""
+    exactly +-1 from |x| = 9.5 on (so gelu_tanh(-1e30) is -0, not -1e30 times a
+    rounding error), odd, increasing up to float32 rounding (dips of a few ulp). Its
+    coefficients are what spaces.minimax's Remez fit gives (to float32 precision), and
+    that fit is within 6e-8 of tanh on [0, 9]."""
     import numpy as np
 
     from spaces import codegen, minimax
@@ -257,8 +258,7 @@ def test_rational_tanh_is_exactly_one_past_its_clamp_and_its_coefficients_are_th
     c_fit, c_clamp, p, q = codegen._TANH_RATIONAL
     worst, p_fit, q_fit = minimax.odd_rational_fit(np.tanh, c_fit, len(p) - 1, len(q) - 1)
     assert worst < 6e-8
-    assert [float(np.float32(v)) for v in p_fit] == list(p)
-    assert [float(np.float32(v)) for v in q_fit] == list(q)
+    assert np.allclose(p_fit, p, rtol=3e-7, atol=0) and np.allclose(q_fit, q, rtol=3e-7, atol=0)
     s = c_clamp**2
     assert c_clamp * np.polyval(p[::-1], s) / np.polyval(q[::-1], s) > 1 + 1e-6  # past 1: the clamp saturates
 
