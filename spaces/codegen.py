@@ -124,12 +124,13 @@ class TorchPrinter:
             return "0.0"  # derivative of a step: zero almost everywhere
         if isinstance(e, with_sign_of):
             return f"_with_sign_of({self._as_tensor(e.args[0])}, {self._as_tensor(e.args[1])})"
-        if isinstance(e, clamp_sym):
-            c = _float_literal(e.args[1])
-            return f"torch.clamp({self._as_tensor(e.args[0])}, -{c}, {c})"
         if isinstance(e, where_positive):
             a, pos, other = e.args
-            return f"torch.where({self._p(a)} > 0, {self._branch(pos)}, {self._branch(other)})"
+            shift, rest = a.as_independent(*a.free_symbols, as_Add=True)
+            # r + k > 0 printed as r > -k: the same for floats (a sum of two distinct
+            # floats never rounds to 0), one addition less
+            return (f"torch.where({self._p(rest)} > {_float_literal(-shift)}, "
+                    f"{self._branch(pos)}, {self._branch(other)})")
         func = type(e)
         if func in _UNARY_TORCH:
             return f"{_UNARY_TORCH[func]}({self._as_tensor(e.args[0])})"
@@ -402,13 +403,18 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 #   1 + erf(u) accurate in the tail (gelu(x) for x near -5); a minimax rational erf,
 #   tried, lost that (7.6e-7 there against float32 torch's 2.6e-7) and was slower
 #   wherever the Gaussian is needed anyway.
-# - tanh(u) alone (a forward) is an odd minimax rational, u*P(s)/Q(s) with
-#   s = min(u**2, c**2), clamped to [-1, 1] (`_odd_rational`): no exp, no sign; the
-#   gelu-tanh mix's forward kernel takes ~0.87x the time of the exp form. Within
-#   3.5e-7 of tanh in float32. Where a kernel also needs tanh(u)**2 (a backward),
-#   tanh' = 1 - tanh**2 is 4e/(1 + e)**2 and tanh is sign(u)(1 - e)/(1 + e), one
-#   e = exp(-2|u|) for both: 1 - (rational)**2 would lose tanh''s relative accuracy
-#   in the tails, which mish'(x) multiplies by x (5e-6 off at x = 8).
+# - tanh(u) alone (a forward) is an odd minimax rational: sign(u) |u| P(u**2)/Q(u**2),
+#   exactly 1 in size beyond |u| = 9 or wherever rounding would pass 1
+#   (`_tanh_float32`): no exp; the gelu-tanh mix's forward kernel takes ~0.87x the
+#   time of the exp form. Within 3.7e-7 of tanh in float32 (rounding, not the fit).
+# - a kernel that also needs tanh(u)**2 (a backward) must not take tanh' as
+#   1 - (rational)**2: near tanh = 1 that cancels to 7e-7 off. Where the gradient's
+#   sensitivity to tanh(u) is free of x, a rational for T = 1 - tanh(|u|) gives
+#   tanh' = T (2 - T) and tanh = sign(u) (1 - T), within 1.5e-7 and with no exp (the
+#   mix's backward kernel: ~0.88x the exp form's time). Where x multiplies tanh'
+#   (mish'(x), (x tanh x)'), it needs relative accuracy in the tails: tanh' is
+#   4e/(1 + e)**2, tanh is sign(u)(1 - e)/(1 + e), one e = exp(-2|u|) for both.
+#   See `_float32_forms`.
 # - sigmoid(a) = 1/(1 + e) (times e for a < 0), e = exp(-|a|): no overflow.
 # - sign(u) * y is `with_sign_of(y, u)`: two bit operations, not inductor's five.
 # - every exp whose argument sympy proves <= 0 (all of the above, and every
@@ -479,46 +485,31 @@ def _with_sign_of(y, x):
 """
 
 
-class clamp_sym(sp.Function):  # noqa: N801
-    """a clamped to [-c, c]: printed as torch.clamp (NaN stays NaN)."""
-
-    nargs = 2
-
-    def _eval_is_extended_real(self):
-        return True
-
-    @classmethod
-    def eval(cls, a, c):
-        return sp.Max(-c, sp.Min(c, a)) if a.is_Number else None
-
-
-# tanh on [0, 9], degrees (5, 3): (c_fit, c_clamp, P, Q), coefficients in powers of
-# s = u**2 rounded to float32, from `spaces.minimax.odd_rational_fit(np.tanh, 9, 5, 3)`
-# (max error 5.3e-8; `python -m spaces.minimax` prints it again, a test re-runs it).
-# Beyond c_fit the rational keeps rising, past 1 + 1e-6 at c_clamp, so the final
-# clamp gives exactly +-1 for |u| >= c_clamp however float32 rounding falls
-# (tanh(9) is within 3e-8 of 1).
-_TANH_RATIONAL = (9.0, 9.5,
+# tanh on [0, c], degrees (5, 3): (c, P, Q), coefficients in powers of s = u**2 rounded
+# to float32, from `spaces.minimax.odd_rational_fit(np.tanh, 9, 5, 3)` (max error 5.3e-8;
+# `python -m spaces.minimax` prints it again, a test re-runs it). Beyond c, tanh is 1 to
+# within 3e-8, below float32's half ulp: the form gives exactly 1 there.
+_TANH_RATIONAL = (9.0,
                   (0.9999997615814209, 0.1291065812110901, 0.0029119683895260096, 9.194866834150162e-06,
                    -1.2590678721835502e-08, 1.783723342640986e-11),
                   (1.0, 0.4624389111995697, 0.02372605912387371, 0.00022693752544000745))
 
+# 1 - tanh(a) on [0, c], a >= 0, degrees (5, 7): (c, P, Q), coefficients in powers of a
+# rounded to float32, from `spaces.minimax.rational_fit(tanh_complement, 9, 5, 7,
+# odd=False)` (max error 2.3e-8); 1 - tanh(9) = 3e-8, so the form is 0 beyond c.
+_TANH_COMPLEMENT_RATIONAL = (9.0,
+                             (1.0, -0.5898440480232239, 0.14313693344593048, -0.017802836373448372,
+                              0.001130669959820807, -2.9221660952316597e-05),
+                             (1.0, 0.4101581275463104, 0.5532601475715637, 0.20233531296253204,
+                              0.06610940396785736, 0.01606503129005432, 0.002281732624396682,
+                              0.0005384827964007854))
 
-def _odd_rational(u: sp.Expr, fit) -> sp.Expr:
-    # u * P(s)/Q(s) with s = min(u**2, c**2): for |u| beyond c the value is u/c times
-    # a number above 1, so the final clamp gives exactly +-1, for +-inf too; no
-    # overflow (s is bounded); NaN stays NaN. A one-sided clamp on s instead of a
-    # two-sided one on u.
-    _, c_clamp, p, q = fit
-    s = sp.Min(u**2, sp.Float(c_clamp**2))
 
-    def horner(coefs):
-        out = sp.Float(coefs[-1])
-        for c in reversed(coefs[:-1]):
-            out = sp.Float(c) + s * out
-        return out
-
-    return clamp_sym(u * horner(p) / horner(q), sp.Integer(1))
+def _horner(coefs, v: sp.Expr) -> sp.Expr:
+    out = sp.Float(coefs[-1])
+    for c in reversed(coefs[:-1]):
+        out = sp.Float(c) + v * out
+    return out
 
 
 _AS_P = 0.3275911
@@ -534,7 +525,21 @@ def _erf_float32(u: sp.Expr) -> sp.Expr:
 
 
 def _tanh_float32(u: sp.Expr) -> sp.Expr:
-    return _odd_rational(u, _TANH_RATIONAL)
+    # a P(a**2)/Q(a**2) for a = |u| up to c, exactly 1 beyond c and wherever rounding
+    # would pass 1 (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding error); the
+    # sign of u put back (odd, no sign). Beyond c the rational may overflow to NaN:
+    # the select drops it. NaN stays NaN (a > c and r > 1 are false for it).
+    c, p, q = _TANH_RATIONAL
+    a = sp.Abs(u)
+    r = a * _horner(p, a**2) / _horner(q, a**2)
+    return with_sign_of(where_positive(a - c, 1, where_positive(r - 1, 1, r)), u)
+
+
+def _tanh_complement_float32(u: sp.Expr) -> sp.Expr:
+    """1 - tanh(|u|) = P(a)/Q(a), a = |u| <= c; 0 beyond c."""
+    c, p, q = _TANH_COMPLEMENT_RATIONAL
+    a = sp.Abs(u)
+    return where_positive(a - c, 0, _horner(p, a) / _horner(q, a))
 
 
 def _tanh_exp_float32(u: sp.Expr) -> sp.Expr:
@@ -550,11 +555,15 @@ def _tanh_squared_float32(u: sp.Expr) -> sp.Expr:
 
 
 class where_positive(sp.Function):  # noqa: N801
-    """`pos` where a > 0, else `other`: printed as torch.where, a blend in a fused kernel.
-    (A Piecewise whose condition holds another Piecewise turns into sympy's ITE;
-    `(a > 0).to(dtype)` times a difference costs fused kernels ~20% more.)"""
+    """`pos` where a > 0, else `other` (also for a NaN): printed as torch.where, a
+    blend in a fused kernel. (A Piecewise whose condition holds another Piecewise
+    turns into sympy's ITE; `(a > 0).to(dtype)` times a difference costs fused kernels
+    ~20% more.)"""
 
     nargs = 3
+
+    def _eval_is_extended_real(self):
+        return True  # its branches are; else sign() of it prints conjugate()
 
     @classmethod
     def eval(cls, a, pos, other):
@@ -575,19 +584,44 @@ _FLOAT32_FORMS = {sp.erf: _erf_float32, sp.tanh: _tanh_float32, fn.sigmoid: _sig
                   fn.step: _step_float32}
 
 
+def _tanh_sensitivity_free_of_x(exprs: list[sp.Expr], u: sp.Expr) -> bool:
+    """Whether d(expr)/d(tanh(u)) is free of x for every expression: then an absolute
+    error in tanh(u) stays a bounded absolute error in the kernel's outputs."""
+    tau = sp.Dummy("tau", real=True)
+    return all(X not in sp.diff(e.subs(sp.tanh(u), tau), tau).free_symbols for e in exprs)
+
+
 def _float32_forms(exprs: list[sp.Expr]) -> list[sp.Expr]:
     """The float32 forms of the expressions one fused kernel computes."""
     exprs = [_shared_form(e) for e in exprs]
-    # tanh(u) in a kernel that also needs tanh(u)**2 (a backward): both through one
-    # e = exp(-2|u|), which tanh' needs for its accuracy anyway; else the rational
+    # tanh(u) in a kernel that also needs tanh(u)**2 (a backward): tanh' = 1 - tanh**2
+    # must not be 1 - (rational)**2, which cancels where tanh is near 1 (7e-7 off).
+    # - Where the outputs' sensitivity to tanh(u) is free of x (beta*gelu + (1-beta)*tanh,
+    #   tanh itself), absolute accuracy is what counts: T = 1 - tanh(|u|) as a rational,
+    #   tanh' = T (2 - T), tanh = sign(u)(1 - T); no exp.
+    # - Else (mish'(x) and (x tanh x)' multiply tanh' by x, so it needs relative accuracy
+    #   in the tails): one e = exp(-2|u|), tanh' = 4e/(1 + e)**2, tanh = sign(u)(1-e)/(1+e).
+    # A forward's tanh alone is the odd rational (`_tanh_float32`).
     squared = {n.base.args[0] for e in exprs for n in e.atoms(sp.Pow)
                if n.exp == 2 and isinstance(n.base, sp.tanh)}
+    bounded = {u for u in squared if _tanh_sensitivity_free_of_x(exprs, u)}
+
+    def squared_form(u):
+        if u in bounded:
+            t = _tanh_complement_float32(u)
+            return 1 - t * (2 - t)
+        return _tanh_squared_float32(u)
+
+    def tanh_form(u):
+        if u in bounded:
+            return with_sign_of(1 - _tanh_complement_float32(u), u)
+        return _tanh_exp_float32(u)
 
     def form(e):
         e = e.replace(lambda n: n.is_Pow and n.exp == 2 and isinstance(n.base, sp.tanh),
-                      lambda n: _tanh_squared_float32(n.base.args[0]))
+                      lambda n: squared_form(n.base.args[0]))
         e = e.replace(lambda n: isinstance(n, sp.tanh) and n.args[0] in squared,
-                      lambda n: _tanh_exp_float32(n.args[0]))
+                      lambda n: tanh_form(n.args[0]))
         e = e.replace(lambda n: type(n) in _FLOAT32_FORMS,
                       lambda n: _FLOAT32_FORMS[type(n)](n.args[0]))
         return e.replace(lambda n: isinstance(n, sp.exp) and bool(n.args[0].is_nonpositive),
@@ -721,14 +755,13 @@ def {func_name}(x, {coef_kwargs}inplace=False):
 class {class_name}Function(torch.autograd.Function):
     """Memory-efficient form: saves only the input and the scalar coefficients."""
 
+    # forward(ctx, ...) rather than forward + setup_context: the latter's apply costs
+    # ~50 us more per call on these CPUs (as much as a 1-million-element kernel)
     @staticmethod
-    def forward(x{coef_args}):
+    def forward(ctx, x{coef_args}):
+        ctx.save_for_backward(x{coef_args})
         xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         return _kernel("fwd", xc)(xc{coef_args}).to(x.dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, g):

@@ -1,17 +1,22 @@
-"""Minimax rational approximations of odd functions: f(x) ~ x * P(x**2) / Q(x**2) on [0, c].
+"""Minimax rational approximations on [0, c], for the fused float32 kernels.
 
-The fused float32 CPU kernels (`spaces.codegen`) evaluate a forward's tanh this way: a
-few multiply-adds and one division, where the exp-based form costs an exp, a division
-and a sign. `odd_rational_fit` is the rational Remez exchange that produced its
-coefficients (`python -m spaces.minimax` prints them again); a test re-runs it.
+The fused float32 CPU kernels (`spaces.codegen`) evaluate tanh through two rationals
+fitted here (`python -m spaces.minimax` prints their coefficients again; a test re-runs
+both fits):
+- forwards: tanh(u) ~ u * P(u**2) / Q(u**2), an odd rational (`odd=True`): relatively
+  accurate near 0, a few multiply-adds and one division where the exp-based form costs
+  an exp, a division and a sign;
+- backwards whose sensitivity to tanh is free of x: 1 - tanh(a) ~ P(a) / Q(a), a = |u|
+  (`odd=False`). It gives tanh' = T (2 - T) and tanh = 1 - T with no cancellation where
+  tanh is near 1, which 1 - (odd rational)**2 suffers (7e-7 off in float32).
 
-Method: with N = m + n + 2 reference points x_i, the equations
-    x_i P(s_i) - f(x_i) Q(s_i) = (-1)**i E Q(s_i),  s_i = x_i**2,
-are a generalised eigenvalue problem for (P, Q; E); the pole-free solution with the
-smallest |E| is kept, the references move to the extrema of the error on a fine
-grid, until the error equi-oscillates (max |error| = |E|). Polynomials are built in
-the Chebyshev basis of t = 2 s / c**2 - 1 (well conditioned) and returned in powers
-of s, normalised to Q(0) = 1.
+Method (rational Remez exchange): with N = m + n + 2 reference points x_i, the equations
+    R_P(x_i) - f(x_i) Q(v_i) = (-1)**i E Q(v_i)
+(R_P(x) = x P(x**2), v = x**2 when odd; R_P = P, v = x otherwise) are a generalised
+eigenvalue problem for (P, Q; E); the pole-free solution with the smallest |E| is kept,
+the references move to the extrema of the error on a fine grid, until the error
+equi-oscillates (max |error| = |E|). Polynomials are built in the Chebyshev basis of
+t = 2 v / v_max - 1 (well conditioned) and returned in powers of v, normalised to Q(0) = 1.
 """
 from __future__ import annotations
 
@@ -23,23 +28,34 @@ from numpy.polynomial import polynomial as poly
 from scipy import linalg
 
 
-def odd_rational_fit(f: Callable[[np.ndarray], np.ndarray], c: float, m: int, n: int,
-                     iters: int = 60, grid: int = 200_001) -> tuple[float, list[float], list[float]]:
-    """(max |x P(x^2)/Q(x^2) - f(x)| on [0, c], P's coefficients, Q's), both in powers
-    of s = x^2 from s^0 up, Q[0] = 1. Degrees m of P and n of Q."""
+def rational_fit(f: Callable[[np.ndarray], np.ndarray], c: float, m: int, n: int, *, odd: bool,
+                 iters: int = 80, grid: int = 200_001) -> tuple[float, list[float], list[float]]:
+    """(max |R(x) - f(x)| on [0, c], P's coefficients, Q's) for the minimax rational R of
+    degrees m (P) and n (Q): R(x) = x P(x^2)/Q(x^2) if `odd`, else P(x)/Q(x).
+    Coefficients in powers of the polynomials' variable (x^2 or x) from the constant
+    up, Q[0] = 1."""
     refs = m + n + 2
-    xs = np.linspace(0.0, c, grid)[1:]
+    xs = np.linspace(0.0, c, grid)[1 if odd else 0:]  # an odd R is exact at 0
+
+    def var(x):
+        return x * x if odd else x
+
+    v_max = var(c)
 
     def t_of(x):
-        return 2.0 * x * x / (c * c) - 1.0
+        return 2.0 * var(x) / v_max - 1.0
+
+    def evaluate(x, p, q):
+        return (x if odd else 1.0) * cheb.chebval(t_of(x), p) / cheb.chebval(t_of(x), q)
 
     k = np.arange(refs)
     signs = (-1.0) ** k
-    xref = c * np.sqrt((1.0 - np.cos(np.pi * (k + 0.5) / refs)) / 2.0)  # Chebyshev nodes in s
+    nodes = (1.0 - np.cos(np.pi * (k + 0.5) / refs)) / 2.0  # Chebyshev nodes of [0, 1] in v
+    xref = c * (np.sqrt(nodes) if odd else nodes)
     best = None
     for _ in range(iters):
         t, fx = t_of(xref), f(xref)
-        tp, tq = cheb.chebvander(t, m) * xref[:, None], cheb.chebvander(t, n)
+        tp, tq = cheb.chebvander(t, m) * (xref[:, None] if odd else 1.0), cheb.chebvander(t, n)
         a = np.hstack([tp, -fx[:, None] * tq])
         b = np.hstack([np.zeros_like(tp), signs[:, None] * tq])
         values, vectors = linalg.eig(a, b)
@@ -54,7 +70,7 @@ def odd_rational_fit(f: Callable[[np.ndarray], np.ndarray], c: float, m: int, n:
         if not solutions:
             raise RuntimeError(f"no pole-free ({m}, {n}) approximation found")
         level, p, q = min(solutions, key=lambda s: s[0])
-        err = xs * cheb.chebval(t_of(xs), p) / cheb.chebval(t_of(xs), q) - f(xs)
+        err = evaluate(xs, p, q) - f(xs)
         worst = float(np.abs(err).max())
         if best is None or worst < best[0]:
             best = (worst, p, q)
@@ -69,26 +85,43 @@ def odd_rational_fit(f: Callable[[np.ndarray], np.ndarray], c: float, m: int, n:
             raise RuntimeError(f"error alternates only {len(extrema)} times, need {refs}")
         xref = xs[extrema]
     worst, p, q = best
-    pm, qm = _in_powers_of_s(p, c), _in_powers_of_s(q, c)
+    pm, qm = _in_powers(p, v_max), _in_powers(q, v_max)
     return worst, list(pm / qm[0]), list(qm / qm[0])
 
 
-def _in_powers_of_s(chebyshev_coefs: np.ndarray, c: float) -> np.ndarray:
-    """Chebyshev series in t = 2 s / c^2 - 1 -> coefficients in powers of s."""
+def odd_rational_fit(f: Callable[[np.ndarray], np.ndarray], c: float, m: int, n: int,
+                     **kwargs) -> tuple[float, list[float], list[float]]:
+    """`rational_fit(..., odd=True)`: f(x) ~ x P(x^2)/Q(x^2), coefficients in powers of x^2."""
+    return rational_fit(f, c, m, n, odd=True, **kwargs)
+
+
+def _in_powers(chebyshev_coefs: np.ndarray, v_max: float) -> np.ndarray:
+    """Chebyshev series in t = 2 v / v_max - 1 -> coefficients in powers of v."""
     in_t = cheb.cheb2poly(chebyshev_coefs)
-    t_of_s = np.array([-1.0, 2.0 / (c * c)])
+    t_of_v = np.array([-1.0, 2.0 / v_max])
     out, power = np.zeros(1), np.array([1.0])
     for coef in in_t:
         out = poly.polyadd(out, coef * power)
-        power = poly.polymul(power, t_of_s)
+        power = poly.polymul(power, t_of_v)
     return out
 
 
+def tanh_complement(a: np.ndarray) -> np.ndarray:
+    """1 - tanh(a) = 2 / (1 + exp(2a)) for a >= 0, without cancellation."""
+    return 2.0 / (1.0 + np.exp(2.0 * a))
+
+
+# (name, f, c, m, n, odd): the fits spaces.codegen's constants come from
+FITS = (("tanh", np.tanh, 9.0, 5, 3, True),
+        ("1 - tanh", tanh_complement, 9.0, 5, 7, False))
+
+
 def main() -> None:
-    for name, f, c, m, n in (("tanh", np.tanh, 9.0, 5, 3),):
-        worst, p, q = odd_rational_fit(f, c, m, n)
+    for name, f, c, m, n, odd in FITS:
+        worst, p, q = rational_fit(f, c, m, n, odd=odd)
         as_f32 = lambda cs: [float(np.float32(v)) for v in cs]  # noqa: E731
-        print(f"{name} on [0, {c}], degrees ({m}, {n}): max error {worst:.2e}")
+        form = "x P(x^2)/Q(x^2)" if odd else "P(x)/Q(x)"
+        print(f"{name} on [0, {c}] as {form}, degrees ({m}, {n}): max error {worst:.2e}")
         print(f"  P = {as_f32(p)}\n  Q = {as_f32(q)}")
 
 

@@ -239,12 +239,12 @@ def test_float32_forms_stay_real_inside_abs(formula):
     assert torch.allclose(ns["_PLAIN"]["f32_bwd"](x, eps, g)[0], ns["_PLAIN"]["bwd"](x, eps, g)[0], atol=1e-5)
 
 
-def test_rational_tanh_is_exactly_one_past_its_clamp_and_its_coefficients_are_the_remez_fit():
-    """The fused tanh form x*P(s)/Q(s), s = min(x**2, 9.5**2), clamped to [-1, 1]:
-    exactly +-1 from |x| = 9.5 on (so gelu_tanh(-1e30) is -0, not -1e30 times a
-    rounding error), odd, increasing up to float32 rounding (dips of a few ulp). Its
-    coefficients are what spaces.minimax's Remez fit gives (to float32 precision), and
-    that fit is within 6e-8 of tanh on [0, 9]."""
+def test_rational_tanh_is_exactly_one_past_its_range_and_its_coefficients_are_the_remez_fit():
+    """The fused forward tanh, sign(x) |x| P(x**2)/Q(x**2) capped at 1: exactly +-1 beyond
+    |x| = 9 (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding error), never past 1,
+    odd, increasing up to float32 rounding (dips of a few ulp). Its coefficients, and
+    those of the backward's 1 - tanh(|x|) = P(|x|)/Q(|x|), are what spaces.minimax's
+    Remez fits give (to float32 precision), within 6e-8 and 3e-8 of the functions."""
     import numpy as np
 
     from spaces import codegen, minimax
@@ -254,13 +254,38 @@ def test_rational_tanh_is_exactly_one_past_its_clamp_and_its_coefficients_are_th
     y = tanh32(x)
     assert torch.equal(tanh32(-x), -y)
     assert y.diff().min().item() > -5e-7 and y.max().item() == 1.0
-    assert (y[x >= 9.5] == 1.0).all()
-    c_fit, c_clamp, p, q = codegen._TANH_RATIONAL
-    worst, p_fit, q_fit = minimax.odd_rational_fit(np.tanh, c_fit, len(p) - 1, len(q) - 1)
-    assert worst < 6e-8
-    assert np.allclose(p_fit, p, rtol=3e-7, atol=0) and np.allclose(q_fit, q, rtol=3e-7, atol=0)
-    s = c_clamp**2
-    assert c_clamp * np.polyval(p[::-1], s) / np.polyval(q[::-1], s) > 1 + 1e-6  # past 1: the clamp saturates
+    assert (y[x > 9.0] == 1.0).all()
+    for (c, p, q), (limit, odd) in ((codegen._TANH_RATIONAL, (6e-8, True)),
+                                    (codegen._TANH_COMPLEMENT_RATIONAL, (3e-8, False))):
+        f = np.tanh if odd else minimax.tanh_complement
+        worst, p_fit, q_fit = minimax.rational_fit(f, c, len(p) - 1, len(q) - 1, odd=odd)
+        assert worst < limit
+        assert np.allclose(p_fit, p, rtol=3e-7, atol=0) and np.allclose(q_fit, q, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize("formula, uses_exp", [("tanh(x)", False), ("0.3*gelu(x) + 0.7*tanh(x)", False),
+                                               ("x*tanh(x)", True), ("mish(x)", True), ("tanh(x + 1)", False)])
+def test_backward_tanh_form_follows_how_the_gradient_depends_on_it(formula, uses_exp):
+    """A backward needing tanh' takes 1 - tanh(|u|) as a rational (no exp) where the
+    gradient's sensitivity to tanh(u) is free of x, so an absolute error stays bounded;
+    where x multiplies tanh' (x tanh x, mish) it keeps the exp form, whose tanh' is
+    relatively accurate in the tails. Either way tanh' is within float32 torch's error
+    + 1e-7 of float64, and 0 beyond |u| = 9 for the rational."""
+    from spaces.codegen import function_sources
+    c = spaces.parse(formula)
+    src = function_sources(c.code_expr(), [], "_k")
+    bwd = src[src.index("def _k_f32_bwd"):]
+    assert ("_exp_nonpositive((-2.0 * torch.abs(" in bwd) == uses_exp  # e = exp(-2|u|)
+    ns = c.module_class().forward.__globals__
+    x = torch.linspace(-12, 12, 48_001)
+    g = torch.ones_like(x)
+    exact = ns["_PLAIN"]["bwd"](x.double(), g.double())[0]
+    plain32 = ns["_PLAIN"]["bwd"](x, g)[0]
+    fast = ns["_PLAIN"]["f32_bwd"](x, g)[0]
+    scale = exact.abs().clamp_min(1.0)
+    assert ((fast.double() - exact).abs() / scale).max() <= ((plain32.double() - exact).abs() / scale).max() + 1e-7
+    if formula == "tanh(x)":
+        assert (fast[x.abs() > 9.0] == 0).all() and (fast >= 0).all()
 
 
 def test_backward_computes_each_transcendental_once():
