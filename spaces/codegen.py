@@ -418,8 +418,9 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 # - sigmoid(a) = 1/(1 + e) (times e for a < 0), e = exp(-|a|): no overflow.
 # - sign(u) * y is `with_sign_of(y, u)`: two bit operations, not inductor's five.
 # - every exp whose argument sympy proves <= 0 (all of the above, and every
-#   Gaussian term) becomes `exp_nonpositive`, printed as `_exp_nonpositive`: Cephes'
-#   polynomial with 2**n built in the exponent bits (EXP_NONPOSITIVE_SOURCE).
+#   Gaussian term) becomes `exp_nonpositive`, printed as `_exp_nonpositive`: a Cody-Waite
+#   reduction, a degree-4 polynomial, 2**n built in the exponent bits
+#   (EXP_NONPOSITIVE_SOURCE).
 # Accuracy against float64 is tested to be within a few 1e-7 of float32 torch.
 # float64 and CUDA kernels keep the exact forms (torch.erf, torch.exp, ...).
 
@@ -438,6 +439,23 @@ class exp_nonpositive(sp.Function):  # noqa: N801 - printed like sympy's own fun
 
 
 _UNARY_TORCH[exp_nonpositive] = "_exp_nonpositive"
+
+
+class at_most_one(sp.Function):  # noqa: N801
+    """min(r, 1), printed as `_at_most_one(r)`: r is computed once (a where on r > 1
+    would make sympy's cse split r's division into a reciprocal and a product)."""
+
+    nargs = 1
+
+    def _eval_is_extended_real(self):
+        return True
+
+    @classmethod
+    def eval(cls, r):
+        return sp.Min(r, 1) if r.is_Number else None
+
+
+_UNARY_TORCH[at_most_one] = "_at_most_one"
 
 
 class with_sign_of(sp.Function):  # noqa: N801
@@ -463,20 +481,26 @@ class with_sign_of(sp.Function):  # noqa: N801
 
 
 # The float32 exp of fused CPU kernels, for a <= 0: a = n*ln2 + r with |r| <= ln2/2
-# (Cody-Waite: ln2 in two parts, so n*ln2 is exact), exp(r) by Cephes' expf
-# polynomial, 2**n written straight into the float's exponent bits: the integer
-# (n + 127) * 2**23, computed exactly in float32 as one multiply-add. Relative error
-# below 1e-7 (tested). a < -88 gives n = -127, exponent bits 0: exactly 0.0, where
+# (Cody-Waite: ln2 in two parts, so n*ln2 is exact), exp(r) = 1 + r + r**2 P(r) with
+# P of degree 4 (`spaces.minimax.exp_remainder_fit`: 3e-9 off; Cephes' expf has one
+# degree more, which float32 rounding hides), 2**n written straight into the float's
+# exponent bits: the integer (n + 127) * 2**23, computed exactly in float32 as one
+# multiply-add. Relative error below 1e-7 (tested). a < -88 gives n = -127, exponent bits 0: exactly 0.0, where
 # float32's exp underflows anyway. NaN stays NaN.
 EXP_NONPOSITIVE_SOURCE = """\
 def _exp_nonpositive(a):
     \"\"\"exp(a) for a <= 0 in float32, in multiply-adds a fused CPU kernel inlines.\"\"\"
-    a = torch.clamp(a, min=-88.0)
+    a = torch.where(a < -88.0, -88.0, a)  # a select: NaN stays NaN (a clamp costs one op more)
     n = torch.floor(a * 1.4426950408889634 + 0.5)
     r = a - n * 0.693359375 + n * 2.12194440e-4
-    p = (((((1.9875691500e-4 * r + 1.3981999507e-3) * r + 8.3334519073e-3) * r
-           + 4.1665795894e-2) * r + 1.6666665459e-1) * r + 5.0000001201e-1) * (r * r) + r + 1.0
+    p = ((((1.3815137790516019e-3 * r + 8.36868304759264e-3) * r + 4.1668377816677094e-2) * r
+          + 1.666652113199234e-1) * r + 4.999999403953552e-1) * (r * r) + r + 1.0
     return p * (n * 8388608.0 + 1065353216.0).to(torch.int32).view(torch.float32)
+
+
+def _at_most_one(r):
+    \"\"\"min(r, 1), NaN kept: one compare and one blend.\"\"\"
+    return torch.where(r > 1.0, 1.0, r)
 
 
 def _with_sign_of(y, x):
@@ -532,7 +556,7 @@ def _tanh_float32(u: sp.Expr) -> sp.Expr:
     c, p, q = _TANH_RATIONAL
     a = sp.Abs(u)
     r = a * _horner(p, a**2) / _horner(q, a**2)
-    return with_sign_of(where_positive(a - c, 1, where_positive(r - 1, 1, r)), u)
+    return with_sign_of(where_positive(a - c, 1, at_most_one(r)), u)
 
 
 def _tanh_complement_float32(u: sp.Expr) -> sp.Expr:

@@ -1,4 +1,5 @@
-"""Minimax rational approximations on [0, c], for the fused float32 kernels.
+"""Minimax rational approximations on [0, c] (and exp's polynomial), for the fused
+float32 kernels.
 
 The fused float32 CPU kernels (`spaces.codegen`) evaluate tanh through two rationals
 fitted here (`python -m spaces.minimax` prints their coefficients again; a test re-runs
@@ -111,6 +112,26 @@ def tanh_complement(a: np.ndarray) -> np.ndarray:
     return 2.0 / (1.0 + np.exp(2.0 * a))
 
 
+def exp_remainder_fit(degree: int = 4, iters: int = 30,
+                      grid: int = 200_001) -> tuple[float, list[float]]:
+    """(max relative error of exp, coefficients) of the polynomial P, in powers of r
+    from r^0 up, with exp(r) ~ 1 + r + r^2 P(r) on |r| <= ln(2)/2 (the reduced range of
+    a float32 exp). Weighted least squares in the Chebyshev basis, reweighted by the
+    error (Lawson's iteration) towards the minimax polynomial of the relative error."""
+    h = np.log(2.0) / 2.0
+    r = np.linspace(-h, h, grid)
+    r = r[r != 0.0]
+    g = (np.expm1(r) - r) / (r * r)
+    w = np.ones_like(r)
+    for _ in range(iters):
+        coefs = cheb.chebfit(r / h, g, degree, w=np.sqrt(w))
+        err = (1.0 + r + r * r * cheb.chebval(r / h, coefs)) / np.exp(r) - 1.0
+        w = w * (np.abs(err) / np.abs(err).max() + 1e-3)
+        w /= w.mean()
+    in_r = cheb.cheb2poly(coefs) / h ** np.arange(degree + 1)
+    return float(np.abs(err).max()), list(in_r)
+
+
 # (name, f, c, m, n, odd): the fits spaces.codegen's constants come from
 FITS = (("tanh", np.tanh, 9.0, 5, 3, True),
         ("1 - tanh", tanh_complement, 9.0, 5, 7, False))
@@ -123,6 +144,9 @@ def main() -> None:
         form = "x P(x^2)/Q(x^2)" if odd else "P(x)/Q(x)"
         print(f"{name} on [0, {c}] as {form}, degrees ({m}, {n}): max error {worst:.2e}")
         print(f"  P = {as_f32(p)}\n  Q = {as_f32(q)}")
+    worst, p = exp_remainder_fit()
+    print(f"exp(r) = 1 + r + r^2 P(r) on |r| <= ln(2)/2, degree {len(p) - 1}: max relative error {worst:.2e}")
+    print(f"  P = {[float(np.float32(v)) for v in p]}")
 
 
 if __name__ == "__main__":

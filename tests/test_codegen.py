@@ -225,6 +225,23 @@ def test_polynomial_exp_of_fused_kernels_is_float32_accurate_and_underflows_to_z
     assert torch.allclose(compiled(a), exp_np(a), rtol=2e-7, atol=0)
 
 
+def test_polynomial_exp_coefficients_are_the_fit_in_spaces_minimax():
+    """The exp polynomial's coefficients (in the kernels' source) are what
+    spaces.minimax.exp_remainder_fit gives, to float32 precision, and that fit is
+    within 1e-8 of exp on the reduced range, far below float32's own rounding."""
+    import re
+
+    import numpy as np
+
+    from spaces import codegen, minimax
+    worst, fit = minimax.exp_remainder_fit()
+    assert worst < 1e-8
+    poly_line = codegen.EXP_NONPOSITIVE_SOURCE[codegen.EXP_NONPOSITIVE_SOURCE.index("p = "):]
+    poly_line = poly_line[:poly_line.index("(r * r)")]
+    in_source = [float(v) for v in re.findall(r"\d\.\d+e-\d+", poly_line)]  # highest power first
+    assert np.allclose(in_source[::-1], fit, rtol=3e-7, atol=0)
+
+
 @pytest.mark.parametrize("formula", ["exp(-eps*Abs(x**3 - erf(x)))", "Abs(tanh(x) - x)*eps + x"])
 def test_float32_forms_stay_real_inside_abs(formula):
     """The float32 forms' own functions (sign bits, clamps) are real to sympy: inside an
