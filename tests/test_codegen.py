@@ -244,7 +244,7 @@ def test_polynomial_exp_coefficients_are_the_fit_in_spaces_minimax():
 
 @pytest.mark.parametrize("formula", ["exp(-eps*Abs(x**3 - erf(x)))", "Abs(tanh(x) - x)*eps + x"])
 def test_float32_forms_stay_real_inside_abs(formula):
-    """The float32 forms' own functions (sign bits, clamps) are real to sympy: inside an
+    """The float32 forms' own functions (sign bits, selects) are real to sympy: inside an
     Abs, whose derivative takes sign(...) of them, no conjugate() appears, the kernels
     print, and away from the kink they agree with the exact ones."""
     c = spaces.parse(formula, init={"eps": 0.3}, learnable=["eps"])
