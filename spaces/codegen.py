@@ -473,6 +473,8 @@ class with_sign_of(sp.Function):  # noqa: N801
     def eval(cls, y, x):
         if x.is_Number:
             return y * sp.sign(x)
+        if x.is_nonnegative:  # softplus(u), say: no sign to put back
+            return y
         if isinstance(x, sp.Mul):  # sign(x/sqrt(2)) is sign(x): no multiply for it
             consts = [a for a in x.args if not a.free_symbols]
             if consts and sp.Mul(*consts).is_positive:

@@ -147,6 +147,10 @@ class softplus(ActivationFunction):
     def elementary(cls, a):
         return sp.log(1 + sp.exp(a))
 
+    def _eval_is_nonnegative(self):
+        # so Abs(softplus(u)) is softplus(u), and kernels (mish's tanh) skip an abs
+        return True if self.args[0].is_real else None
+
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
