@@ -105,8 +105,11 @@ class Objective:
         try:
             return self._run(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr("status", "interrupted")
-            trial.set_user_attr("reason", "stopped by Ctrl-C; enqueued again")
+            try:
+                trial.set_user_attr("status", "interrupted")
+                trial.set_user_attr("reason", "stopped by Ctrl-C; enqueued again")
+            except Exception:  # noqa: BLE001 - the storage failing must not turn Ctrl-C into a trial error
+                pass  # (Optuna would catch it and go on); run_optuna records the interruption
             raise _Interrupt() from None
         except optuna.TrialPruned:
             raise

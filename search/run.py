@@ -325,8 +325,29 @@ def _acquire_lock(study_dir: Path):
     return f
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt  # `kill PID` saves and stops like Ctrl-C
+# Modules whose calls a KeyboardInterrupt must not land in: one raised inside a SQLite
+# write can leave that connection holding the database's write lock, and every later
+# write (the interrupted trial's status, its retry) then fails after SQLite's timeout;
+# Optuna records such a failure as an ordinary trial error and the search goes on.
+_STORAGE_MODULES = ("sqlalchemy", "sqlite3", "optuna.storages")
+_INTERRUPT_RETRY_S = 0.05
+
+
+def _in_storage_call(frame) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C and `kill PID`: KeyboardInterrupt (save, then stop), but never in the middle
+    of a storage call; there the same signal is sent again 50 ms later."""
+    if _in_storage_call(frame):
+        threading.Timer(_INTERRUPT_RETRY_S, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------
@@ -358,17 +379,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted before the search started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     resume = f"{PROG} {shlex.join(argv)}".rstrip()
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = [signal.getsignal(s) for s in signals]
+    if main_thread:
+        for s in signals:
+            signal.signal(s, _interrupt)
     try:
         return _run(config, space, task, backend, resume)
     except UsageError as e:  # found only once the study folder exists (a race for its lock)
         _error(_one_line(e))
         return EXIT_USAGE
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            for s, handler in zip(signals, previous):
+                signal.signal(s, handler)
 
 
 def _run(config: SearchConfig, space, task, backend, resume: str) -> int:

@@ -278,6 +278,30 @@ def test_a_run_killed_mid_trial_loses_nothing_and_its_trial_is_retried(tmp_path)
     assert next(r for r in records if r.number == killed.number).status == "interrupted"
 
 
+def test_ctrl_c_inside_a_storage_call_is_raised_after_it_returns():
+    """A KeyboardInterrupt must not land inside a SQLite write: it can leave the write
+    lock held, the interrupted trial's own bookkeeping then fails, and Optuna would take
+    that for a trial error and go on searching. The search's handler defers a signal
+    that arrives inside sqlalchemy/sqlite3/optuna.storages and sends it again, so the
+    call completes and the interrupt is raised right after it."""
+    ns = {"__name__": "sqlalchemy.engine.stand_in"}  # a function that runs as sqlalchemy code
+    exec("import os, signal, time\n"
+         "def write(done):\n"
+         "    os.kill(os.getpid(), signal.SIGINT)\n"
+         "    time.sleep(0.02)\n"
+         "    done.append(True)\n", ns)
+    done = []
+    previous = signal.signal(signal.SIGINT, run._interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ns["write"](done)
+            assert done == [True]  # the signal arrived inside the call, which still finished
+            time.sleep(2)  # the deferred signal: raised here, outside storage code
+        assert done == [True]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_saves_the_partial_leaderboard_and_says_how_to_resume(tmp_path):
     study_dir = tmp_path / STUDY
     argv = TINY + ["--trials", "5", "--runs-dir", str(tmp_path)]
