@@ -458,6 +458,27 @@ class at_most_one(sp.Function):  # noqa: N801
 _UNARY_TORCH[at_most_one] = "_at_most_one"
 
 
+class softplus_float32(sp.Function):  # noqa: N801
+    """softplus(a) for fused float32 kernels, printed as `_softplus(a)` (see
+    _LOG1P_RATIO_RATIONAL): nonnegative to sympy, so exp(-2 softplus) is an
+    exp_nonpositive and |softplus| is softplus."""
+
+    nargs = 1
+
+    def _eval_is_extended_real(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return True
+
+    @classmethod
+    def eval(cls, a):
+        return fn.softplus(a) if a.is_Number else None
+
+
+_UNARY_TORCH[softplus_float32] = "_softplus"
+
+
 class with_sign_of(sp.Function):  # noqa: N801
     """y * sign(x) for y >= 0, printed as `_with_sign_of(y, x)`: two bit operations on
     float32, where inductor's sign is two compares, two blends and a subtract. At
@@ -480,6 +501,30 @@ class with_sign_of(sp.Function):  # noqa: N801
             if consts and sp.Mul(*consts).is_positive:
                 return cls(y, sp.Mul(*[a for a in x.args if a.free_symbols]))
         return None
+
+
+# log(1 + y)/y on [0, 1], degrees (2, 3): (c, P, Q), coefficients in powers of y rounded
+# to float32, from `spaces.minimax.rational_fit(log1p_ratio, 1, 2, 3, odd=False)` (max
+# error 1.6e-8). softplus(a) = max(a, 0) + y P(y)/Q(y), y = exp(-|a|): no log, no
+# overflow, relatively accurate where softplus is tiny (a << 0); exactly a for a > 17.
+_LOG1P_RATIO_RATIONAL = (1.0, (1.0, 0.8692220449447632, 0.12455064058303833),
+                         (1.0, 1.3692203760147095, 0.4758569598197937, 0.031328726559877396))
+
+
+def _horner_source(coefs, v: str) -> str:
+    out = repr(coefs[-1])
+    for c in reversed(coefs[:-1]):
+        out = f"({c!r} + {v} * {out})"
+    return out
+
+
+_SOFTPLUS_SOURCE = f"""
+
+def _softplus(a):
+    \"\"\"log(1 + exp(a)) in float32: max(a, 0) + y P(y)/Q(y), y = exp(-|a|); NaN stays NaN.\"\"\"
+    y = _exp_nonpositive(-torch.abs(a))
+    return torch.where(a > 0.0, a, 0.0) + y * {_horner_source(_LOG1P_RATIO_RATIONAL[1], "y")} / {_horner_source(_LOG1P_RATIO_RATIONAL[2], "y")}
+"""
 
 
 # The float32 exp of fused CPU kernels, for a <= 0: a = n*ln2 + r with |r| <= ln2/2
@@ -508,7 +553,7 @@ def _at_most_one(r):
 def _with_sign_of(y, x):
     \"\"\"y (>= 0) with the sign bit of x, in float32: sign(x) * y as two bit operations.\"\"\"
     return (y.view(torch.int32) | (x.view(torch.int32) & -2147483648)).view(torch.float32)
-"""
+""" + _SOFTPLUS_SOURCE
 
 
 # tanh on [0, c], degrees (5, 3): (c, P, Q), coefficients in powers of s = u**2 rounded
@@ -607,7 +652,7 @@ def _step_float32(a: sp.Expr) -> sp.Expr:
 
 
 _FLOAT32_FORMS = {sp.erf: _erf_float32, sp.tanh: _tanh_float32, fn.sigmoid: _sigmoid_float32,
-                  fn.step: _step_float32}
+                  fn.step: _step_float32, fn.softplus: softplus_float32}
 
 
 def _tanh_sensitivity_free_of_x(exprs: list[sp.Expr], u: sp.Expr) -> bool:

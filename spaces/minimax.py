@@ -132,9 +132,18 @@ def exp_remainder_fit(degree: int = 4, iters: int = 30,
     return float(np.abs(err).max()), list(in_r)
 
 
+def log1p_ratio(y: np.ndarray) -> np.ndarray:
+    """log(1 + y) / y, 1 at y = 0: softplus(a) = max(a, 0) + y log1p_ratio(y) with
+    y = exp(-|a|) in [0, 1], relatively accurate for tiny y."""
+    y = np.asarray(y, dtype=float)
+    safe = np.where(y == 0.0, 1.0, y)
+    return np.where(y == 0.0, 1.0, np.log1p(safe) / safe)
+
+
 # (name, f, c, m, n, odd): the fits spaces.codegen's constants come from
 FITS = (("tanh", np.tanh, 9.0, 5, 3, True),
-        ("1 - tanh", tanh_complement, 9.0, 5, 7, False))
+        ("1 - tanh", tanh_complement, 9.0, 5, 7, False),
+        ("log(1 + y)/y", log1p_ratio, 1.0, 2, 3, False))
 
 
 def main() -> None:

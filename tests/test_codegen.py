@@ -163,7 +163,7 @@ def test_compiled_kernels_match_plain_kernels_and_can_be_switched_off(formula, d
 @pytest.mark.parametrize("formula", ["gelu(x)", "gelu(x) + eps*x*exp(-x**2/2)", "eps*erf(x) + x",
                                      "eps*gelu(x) + (1 - eps)*silu(x)", "eps*gelu(x) + (1 - eps)*tanh(x)",
                                      "silu(x) + eps*(x**2 - 1)*exp(-x**2/2)", "relu(x) + eps*x*exp(-x**2/2)",
-                                     "mish(x)", "sigmoid(x)*eps", "tanh(x)", "gelu_tanh(x)"])
+                                     "mish(x)", "sigmoid(x)*eps", "tanh(x)", "gelu_tanh(x)", "softplus(x)"])
 def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
     """The fused float32 forms (polynomial exp; erf and sigmoid through it; the rational
     tanh; tanh' through exp) against float64 exact values: no worse than float32 torch
@@ -195,7 +195,7 @@ def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
 
 @pytest.mark.parametrize("formula", ["tanh(x)", "sigmoid(x)", "silu(x)", "gelu(x)", "mish(x)",
                                      "relu(x) + x*exp(-x**2/2)", "0.8*gelu(x) + 0.2*tanh(x)", "gelu_tanh(x)",
-                                     "x*tanh(x)"])
+                                     "x*tanh(x)", "softplus(x)"])
 def test_float32_kernel_forms_agree_with_torch_at_infinities_huge_tiny_and_nan(formula):
     """The fused float32 forms at the edges (where exp under- or overflows, where
     tanh and sigmoid saturate): the same values as the exact torch forms, NaN for NaN."""
@@ -260,8 +260,9 @@ def test_rational_tanh_is_exactly_one_past_its_range_and_its_coefficients_are_th
     """The fused forward tanh, sign(x) |x| P(x**2)/Q(x**2) capped at 1: exactly +-1 beyond
     |x| = 9 (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding error), never past 1,
     odd, increasing up to float32 rounding (dips of a few ulp). Its coefficients, and
-    those of the backward's 1 - tanh(|x|) = P(|x|)/Q(|x|), are what spaces.minimax's
-    Remez fits give (to float32 precision), within 6e-8 and 3e-8 of the functions."""
+    those of the backward's 1 - tanh(|x|) = P(|x|)/Q(|x|) and of softplus's
+    log(1 + y)/y, are what spaces.minimax's Remez fits give (to float32 precision),
+    within 6e-8, 3e-8 and 2e-8 of the functions."""
     import numpy as np
 
     from spaces import codegen, minimax
@@ -272,9 +273,9 @@ def test_rational_tanh_is_exactly_one_past_its_range_and_its_coefficients_are_th
     assert torch.equal(tanh32(-x), -y)
     assert y.diff().min().item() > -5e-7 and y.max().item() == 1.0
     assert (y[x > 9.0] == 1.0).all()
-    for (c, p, q), (limit, odd) in ((codegen._TANH_RATIONAL, (6e-8, True)),
-                                    (codegen._TANH_COMPLEMENT_RATIONAL, (3e-8, False))):
-        f = np.tanh if odd else minimax.tanh_complement
+    for (c, p, q), (f, limit, odd) in ((codegen._TANH_RATIONAL, (np.tanh, 6e-8, True)),
+                                       (codegen._TANH_COMPLEMENT_RATIONAL, (minimax.tanh_complement, 3e-8, False)),
+                                       (codegen._LOG1P_RATIO_RATIONAL, (minimax.log1p_ratio, 2e-8, False))):
         worst, p_fit, q_fit = minimax.rational_fit(f, c, len(p) - 1, len(q) - 1, odd=odd)
         assert worst < limit
         assert np.allclose(p_fit, p, rtol=3e-7, atol=0) and np.allclose(q_fit, q, rtol=3e-7, atol=0)
