@@ -625,6 +625,18 @@ def _tanh_squared_float32(u: sp.Expr) -> sp.Expr:
     return 1 - 4 * e / (1 + e)**2
 
 
+def _tanh_softplus_float32(u: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(tanh(softplus(u)), 1 - tanh(softplus(u))) from one e = exp(-|u|), for mish:
+    with w = e**u, tanh(log(1 + w)) = (w**2 + 2w)/(w**2 + 2w + 2); divided through by
+    w**2 where u > 0, so nothing overflows, and 1 - tanh is 2e**2/D or 2/D exactly
+    (no cancellation where tanh is near 1, which mish'(x) multiplies by x)."""
+    e = exp_nonpositive(-sp.Abs(u))  # not sp.exp: sympy would make e**2 a second exp
+    denominator = where_positive(u, 1 + 2 * e + 2 * e**2, e**2 + 2 * e + 2)
+    tanh = where_positive(u, 1 + 2 * e, e**2 + 2 * e) / denominator
+    complement = where_positive(u, 2 * e**2, 2) / denominator
+    return tanh, complement
+
+
 class where_positive(sp.Function):  # noqa: N801
     """`pos` where a > 0, else `other` (also for a NaN): printed as torch.where, a
     blend in a fused kernel. (A Piecewise whose condition holds another Piecewise
@@ -688,7 +700,14 @@ def _float32_forms(exprs: list[sp.Expr]) -> list[sp.Expr]:
             return with_sign_of(1 - _tanh_complement_float32(u), u)
         return _tanh_exp_float32(u)
 
+    def is_tanh_softplus(n):
+        return isinstance(n, sp.tanh) and isinstance(n.args[0], fn.softplus)
+
     def form(e):
+        # mish's tanh(softplus(u)): closed forms in exp(-|u|), one exp for the kernel
+        e = e.replace(lambda n: n.is_Pow and n.exp == 2 and is_tanh_softplus(n.base),
+                      lambda n: 1 - (lambda c: c * (2 - c))(_tanh_softplus_float32(n.base.args[0].args[0])[1]))
+        e = e.replace(is_tanh_softplus, lambda n: _tanh_softplus_float32(n.args[0].args[0])[0])
         e = e.replace(lambda n: n.is_Pow and n.exp == 2 and isinstance(n.base, sp.tanh),
                       lambda n: squared_form(n.base.args[0]))
         e = e.replace(lambda n: isinstance(n, sp.tanh) and n.args[0] in squared,
