@@ -412,10 +412,14 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 #   sensitivity to tanh(u) is free of x, a rational for T = 1 - tanh(|u|) gives
 #   tanh' = T (2 - T) and tanh = sign(u) (1 - T), within 1.5e-7 and with no exp (the
 #   mix's backward kernel: ~0.9x the exp form's time). Where x multiplies tanh'
-#   (mish'(x), (x tanh x)'), it needs relative accuracy in the tails: tanh' is
+#   ((x tanh x)', say), it needs relative accuracy in the tails: tanh' is
 #   4e/(1 + e)**2, tanh is sign(u)(1 - e)/(1 + e), one e = exp(-2|u|) for both.
 #   See `_float32_forms`.
 # - sigmoid(a) = 1/(1 + e) (times e for a < 0), e = exp(-|a|): no overflow.
+# - softplus(a) = max(a, 0) + y P(y)/Q(y), y = exp(-|a|), P/Q a minimax rational for
+#   log(1 + y)/y (`_softplus`, _LOG1P_RATIO_RATIONAL): no log.
+# - mish's tanh(softplus(u)) is a closed form in e = exp(-|u|), its complement too
+#   (`_tanh_softplus_float32`): mish's kernels take one exp each.
 # - sign(u) * y is `with_sign_of(y, u)`: two bit operations, not inductor's five.
 # - every exp whose argument sympy proves <= 0 (all of the above, and every
 #   Gaussian term) becomes `exp_nonpositive`, printed as `_exp_nonpositive`: a Cody-Waite
@@ -620,7 +624,7 @@ def _tanh_exp_float32(u: sp.Expr) -> sp.Expr:
 
 def _tanh_squared_float32(u: sp.Expr) -> sp.Expr:
     # tanh' = 1 - tanh**2 becomes 4e/(1 + e)**2: no cancellation where tanh is near 1,
-    # so tanh' keeps its relative accuracy in the tails (mish'(x) multiplies it by x)
+    # so tanh' keeps its relative accuracy in the tails ((x tanh x)' multiplies it by x)
     e = sp.exp(-2 * sp.Abs(u))
     return 1 - 4 * e / (1 + e)**2
 
@@ -682,8 +686,9 @@ def _float32_forms(exprs: list[sp.Expr]) -> list[sp.Expr]:
     # - Where the outputs' sensitivity to tanh(u) is free of x (beta*gelu + (1-beta)*tanh,
     #   tanh itself), absolute accuracy is what counts: T = 1 - tanh(|u|) as a rational,
     #   tanh' = T (2 - T), tanh = sign(u)(1 - T); no exp.
-    # - Else (mish'(x) and (x tanh x)' multiply tanh' by x, so it needs relative accuracy
-    #   in the tails): one e = exp(-2|u|), tanh' = 4e/(1 + e)**2, tanh = sign(u)(1-e)/(1+e).
+    # - Else ((x tanh x)' multiplies tanh' by x, so it needs relative accuracy in the
+    #   tails): one e = exp(-2|u|), tanh' = 4e/(1 + e)**2, tanh = sign(u)(1-e)/(1+e).
+    # mish's tanh(softplus(u)) has closed forms of its own (`_tanh_softplus_float32`).
     # A forward's tanh alone is the odd rational (`_tanh_float32`).
     squared = {n.base.args[0] for e in exprs for n in e.atoms(sp.Pow)
                if n.exp == 2 and isinstance(n.base, sp.tanh)}
