@@ -11,7 +11,9 @@ per round, and each figure is the median over rounds, so load from other
 processes hits all alike. Prints one JSON object with ms per step and the ratio
 to nn.GELU measured in the same run. With --fused, the generated modules run with
 `use_compiled_kernels()` (forward and backward each one compiled kernel; the
-first steps compile).
+first steps compile). On the CPU, glibc keeps freed buffers (`bench/allocator.py`),
+so no variant pays page faults for memory another one handed back to the OS; the
+page faults per step that were left are reported.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import spaces  # noqa: E402
+from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
 from evaluators.models import build_model, get_preset  # noqa: E402
 
 
@@ -43,8 +46,9 @@ def activations() -> dict[str, type]:
 
 
 def measure(acts: dict[str, type], model_name: str, batch_size: int, size: int, rounds: int,
-            device: torch.device) -> dict[str, list[float]]:
-    """Seconds per optimizer step for each activation, `rounds` interleaved samples."""
+            device: torch.device) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds and page faults per optimizer step for each activation, `rounds`
+    interleaved samples."""
     gen = torch.Generator().manual_seed(0)
     xb = torch.randn(batch_size, 1, size, size, generator=gen).to(device)
     yb = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
@@ -65,15 +69,16 @@ def measure(acts: dict[str, type], model_name: str, batch_size: int, size: int, 
     for step in steps.values():  # warm-up (and, with --fused, compilation)
         for _ in range(5):
             step()
-    times = {name: [] for name in steps}
+    times, faults = {name: [] for name in steps}, {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             sync()
-            t0 = time.perf_counter()
+            f0, t0 = page_faults(), time.perf_counter()
             step()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return times
+            faults[name].append(page_faults() - f0)
+    return times, faults
 
 
 def main(argv=None) -> dict:
@@ -84,7 +89,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--fused", action="store_true", help="generated modules use_compiled_kernels()")
+    ap.add_argument("--malloc", default="kept", choices=["kept", "default"],
+                    help="kept (default): glibc keeps freed buffers (no page faults for another "
+                         "variant's frees); default: glibc as it comes")
     args = ap.parse_args(argv)
+    allocator = keep_freed_memory() if args.malloc == "kept" else "default"
 
     device = torch.device(args.device)
     size = args.image_size or get_preset(args.model).img_size or 28
@@ -95,7 +104,7 @@ def main(argv=None) -> dict:
     for use_compiled_kernels in switches:
         use_compiled_kernels(True)
     try:
-        times = measure(acts, args.model, args.batch_size, size, args.rounds, device)
+        times, faults = measure(acts, args.model, args.batch_size, size, args.rounds, device)
     finally:
         for use_compiled_kernels in switches:
             use_compiled_kernels(False)
@@ -103,9 +112,11 @@ def main(argv=None) -> dict:
     out = {
         "model": args.model, "batch_size": args.batch_size, "image_size": size, "device": device.type,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "fused": args.fused,
+        "allocator": allocator,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},
         "ratio_vs_gelu": {n: round(statistics.median(t) / ref, 3) for n, t in times.items()},
+        "page_faults_per_step": {n: statistics.median(f) for n, f in faults.items()},
     }
     print(json.dumps(out, indent=2))
     return out

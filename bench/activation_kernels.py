@@ -19,8 +19,12 @@ Every time is a ratio against nn.GELU measured in the same run, in the same mode
 (eager modes vs eager nn.GELU, compiled vs compiled nn.GELU). Variants are interleaved
 (one sample of each, round after round), and each figure is the median over rounds, so
 load from other processes hits all alike. CUDA is synchronised before and after each
-sample. Bytes saved for backward are counted with saved_tensors_hooks (distinct storages),
-also in "inputs' worth" (bytes / x's bytes); coefficients are 0-dim (4 bytes each).
+sample. On the CPU, glibc is told to keep freed buffers (`bench/allocator.py`): else
+whichever variant finds its buffers returned to the OS pays ~1 us per 4 KB page to fault
+them in again, which swung identical kernels from 0.66x to 1.26x nn.GELU in one run;
+each row reports the page faults per iteration that were left (`--malloc default` to
+see them). Bytes saved for backward are counted with saved_tensors_hooks (distinct
+storages), also in "inputs' worth" (bytes / x's bytes); coefficients are 0-dim (4 bytes each).
 
 Targets (pass/fail in the output): saved bytes = one input (the naive CRReLU makes 7
 saves, ~7 inputs' worth counted per save, 4 distinct buffers); eager and fused time <= 1.2x
@@ -45,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import spaces  # noqa: E402
+from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
 
 TARGET_RATIO = 1.2
 
@@ -113,6 +118,7 @@ class Variant:
         self.name, self.mode, self.fn, self.params, self.formula = name, mode, fn, params, formula
         self.table, self.kernels = table, kernels
         self.times: list[float] = []
+        self.faults: list[float] = []  # page faults per iteration, one entry per sample
         self.warmup_s = None
         self.saved = self.saved_tensors = self.saved_total = None
 
@@ -131,12 +137,14 @@ class Variant:
     def run(self, x, g, n: int, sync) -> float:
         with self.active():
             sync()
-            t0 = time.perf_counter()
+            f0, t0 = page_faults(), time.perf_counter()
             for _ in range(n):
                 y = self.fn(x)
                 torch.autograd.grad(y, [x, *self.params], g)
             sync()
-            return (time.perf_counter() - t0) / n
+            t = (time.perf_counter() - t0) / n
+            self.faults.append((page_faults() - f0) / n)
+            return t
 
     def measure_saved(self, x):
         with self.active():
@@ -185,6 +193,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default=None, help="comma list of naive,eager,fused,compiled")
     p.add_argument("--quick", action="store_true", help="small tensor, few rounds, eager modes only")
     p.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    p.add_argument("--malloc", default="kept", choices=["kept", "default"],
+                   help="kept (default): glibc keeps freed buffers, so no variant pays page faults "
+                        "for another's frees; default: glibc as it comes")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -208,6 +219,7 @@ def main(argv=None) -> int:
             return 2
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
+    allocator = keep_freed_memory() if args.malloc == "kept" else "default"
     tmp = tempfile.TemporaryDirectory(prefix="eafo-bench-")
     acts = {n: c.module_class() for n, c in candidates().items()}
     acts["crrelu_exported"] = exported_class(Path(tmp.name))
@@ -229,6 +241,8 @@ def main(argv=None) -> int:
             v.run(x, g, 1, sync)
         v.warmup_s = round(time.perf_counter() - t0, 2)
         v.measure_saved(x)
+    for v in variants:
+        v.faults.clear()  # warm-up and the memory count touched fresh memory on purpose
     for _ in range(repeats):
         for v in variants:
             v.times.append(v.run(x, g, inner, sync))
@@ -251,6 +265,7 @@ def main(argv=None) -> int:
             "saved_tensors": v.saved_tensors,  # how many saves, one buffer counted each time
             "saved_inputs_counting_repeats": round(v.saved_total / x_bytes, 3),
             "warmup_s": v.warmup_s,
+            "page_faults_per_iteration": round(statistics.median(v.faults), 1),
         })
     targets = {}
     by = {(r["activation"], r["mode"]): r for r in rows}
@@ -273,7 +288,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
         "device_type": device.type, "dtype": args.dtype, "shape": list(shape),
         "input_bytes": x_bytes, "threads": torch.get_num_threads(), "repeats": repeats,
-        "inner_iterations": inner,
+        "inner_iterations": inner, "allocator": allocator,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "rows": rows, "targets": targets,
     }
@@ -287,13 +302,14 @@ def main(argv=None) -> int:
 def markdown(rows, result) -> str:
     lines = [f"\n{result['device_type']} {result['dtype']} {'x'.join(map(str, result['shape']))}, "
              f"{result['threads']} threads, median of {result['repeats']} rounds x "
-             f"{result['inner_iterations']} iterations; ratio vs nn.GELU in the same mode family",
-             "", "| activation | mode | ms fwd+bwd | x nn.GELU | saved (inputs) |",
-             "| --- | --- | ---: | ---: | ---: |"]
+             f"{result['inner_iterations']} iterations; ratio vs nn.GELU in the same mode family; "
+             f"allocator: {result['allocator']}",
+             "", "| activation | mode | ms fwd+bwd | x nn.GELU | saved (inputs) | page faults / iter |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         saved = f"{r['saved_inputs']:.2f} ({r['saved_tensors']} saves)"
         lines.append(f"| {r['activation']} | {r['mode']} | {r['time_ms']:.2f} | "
-                     f"{r['ratio_vs_gelu']:.2f} | {saved} |")
+                     f"{r['ratio_vs_gelu']:.2f} | {saved} | {r['page_faults_per_iteration']:g} |")
     return "\n".join(lines)
 
 
