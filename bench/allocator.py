@@ -6,9 +6,10 @@ it sat at the top of the heap), and the next tensor of that size page-faults in 
 interleaved benchmark pays that depends on the heap's layout, not on its kernels: on 2
 vCPUs, nn.GELU took ~580 faults per forward+backward while a generated module took 0,
 and identical kernels read 0.66x and 1.26x nn.GELU in one run. Fixing glibc's mmap and
-trim thresholds (what jemalloc/tcmalloc do anyway, as PyTorch's CPU tuning guide
-recommends) keeps every buffer in the heap; `page_faults()` lets a benchmark report how
-many were left.
+trim thresholds (jemalloc and tcmalloc, which PyTorch's CPU tuning guide recommends,
+keep freed memory too) keeps freed buffers in the heap for reuse. A few faults remain
+where the heap still grows (an aligned allocation needs a little more than a freed
+buffer of the same size); `page_faults()` lets a benchmark report them.
 """
 from __future__ import annotations
 

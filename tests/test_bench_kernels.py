@@ -42,9 +42,9 @@ def test_quick_run_reports_saved_memory_and_ratios(bench, capsys):
 def test_kept_freed_memory_stops_steady_state_page_faults():
     """bench.allocator.keep_freed_memory, in a fresh process: after warm-up, nn.GELU's
     forward+backward on 16x197x768, looped as the benchmark does (y kept until the next
-    y), reuses freed buffers: under one buffer's worth of page faults (2,364) over 50
-    iterations, where glibc's defaults took 37,000-52,000 here. The function says what
-    it set."""
+    y), reuses freed buffers: median 0 page faults per iteration, and a few buffers'
+    worth (2,364 faults each) at most over 50 iterations (0-2 buffers seen here), where
+    glibc's defaults took 37,000-52,000. The function says what it set."""
     import subprocess
     import sys
     code = """
