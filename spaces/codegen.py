@@ -807,8 +807,9 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 # Kernels the autograd.Function calls. Eager, the *_eager forms (in-place ops: one
 # buffer reused along each expression). `use_compiled_kernels()` swaps in
 # torch.compile'd versions: each becomes one fused elementwise kernel (C++ on
-# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost;
-# under torch.compile of a model the plain forms are traced and fused the same way.
+# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost.
+# Under torch.compile of a model, the plain forms are traced into its graph, except
+# float32 on the CPU, whose kernels run as two opaque ops (`_f32_fwd_op`, below).
 # Fused float32 CPU kernels use the *_f32 forms (polynomial exp, erf, tanh and
 # sigmoid in multiply-adds, one exp shared by erf and the Gaussian terms); one op
 # at a time, the exact forms are cheaper.
@@ -832,12 +833,61 @@ def use_compiled_kernels(enabled=True):
     _KERNELS["compiled"] = enabled
 
 
+# Under torch.compile of a model, float32 CPU kernels are two custom ops, opaque to
+# the model's graph, that run our own compiled kernels: inductor compiles a model's
+# graph with multiply-adds kept apart (to match eager bit for bit), which costs these
+# polynomial kernels ~25%. On the CPU an activation sits between matmuls, which
+# inductor does not fuse with it anyway.
+
+
+def _free_op_name(base):
+    # one name per loaded module: the same class may be loaded more than once
+    n = 0
+    while hasattr(torch.ops.eafo, f"{{base}}_{{n}}_fwd"):
+        n += 1
+    return f"eafo::{{base}}_{{n}}"
+
+
+_OP_NAME = _free_op_name("{op_prefix}")
+_FUSED_F32 = {{}}
+
+
+def _fused_f32(name):
+    if name not in _FUSED_F32:
+        _FUSED_F32[name] = _compiled(_PLAIN["f32_" + name])
+    return _FUSED_F32[name]
+
+
+@torch.library.custom_op(_OP_NAME + "_fwd", mutates_args=())
+def _f32_fwd_op(x: torch.Tensor{op_args}) -> torch.Tensor:
+    return _fused_f32("fwd")(x{op_call})
+
+
+@_f32_fwd_op.register_fake
+def _(x{op_call}):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op(_OP_NAME + "_bwd", mutates_args=())
+def _f32_bwd_op(x: torch.Tensor{op_args}, g: torch.Tensor) -> list[torch.Tensor]:
+    # a custom op's outputs may not alias its inputs: x's gradient is g itself where f' = 1
+    return [t.clone() if t is g else t for t in _fused_f32("bwd")(x{op_call}, g)]
+
+
+@_f32_bwd_op.register_fake
+def _(x{op_call}, g):
+    return [torch.empty_like(x){op_fake_grads}]
+
+
 def _kernel(name, x):
     """The forward or backward kernel for x: eager, compiled, or traced by torch.compile."""
-    if not (_KERNELS["compiled"] or torch.compiler.is_compiling()):
+    compiling = torch.compiler.is_compiling()
+    if not (_KERNELS["compiled"] or compiling):
         # in place only where autograd records nothing (a backward under create_graph does)
         return _PLAIN[name] if torch.is_grad_enabled() else _EAGER[name]
     if x.dtype == torch.float32 and x.device.type == "cpu":
+        if compiling:
+            return _f32_fwd_op if name == "fwd" else _f32_bwd_op
         return _KERNELS["f32_" + name]
     return _KERNELS[name]
 
@@ -924,6 +974,10 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
         init_kwargs="".join(f", {n}={inits[n]!r}" for n in names),
         param_lines=params or "        pass\n",
         self_args="".join(f", self.{n}" for n in names),
+        op_prefix=class_name.lower(),
+        op_args="".join(f", c{i}: torch.Tensor" for i in range(len(names))),
+        op_call="".join(f", c{i}" for i in range(len(names))),
+        op_fake_grads="".join(f", torch.empty_like(c{i})" for i in range(len(names))),
     )
 
 

@@ -129,6 +129,43 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.allclose(eager.eps.grad, comp.eps.grad, atol=1e-4)
 
 
+@pytest.mark.parametrize("formula", ["beta*gelu(x) + (1 - beta)*tanh(x)", "x"])
+def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula):
+    """Under torch.compile(fullgraph=True), a float32 CPU module's forward and backward
+    are the generated module's two custom ops, which run its own fused float32 kernels
+    (FMA-contracted, which a model's graph is not): the ops' kernels get compiled, the
+    values and gradients match eager. "x" checks the backward op's output is not the
+    incoming gradient itself (custom ops may not alias inputs)."""
+    has_beta = "beta" in formula
+    c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
+    cls = c.module_class()
+    ns = cls.forward.__globals__
+    ns["_FUSED_F32"].clear()
+    eager, comp = cls(), cls()
+    x1 = (torch.randn(3, 500) * 3).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = eager(x1), torch.compile(comp, fullgraph=True)(x2)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    assert set(ns["_FUSED_F32"]) == {"fwd", "bwd"}
+    assert ns["_OP_NAME"].startswith("eafo::candidate_")
+    torch.testing.assert_close(y2, y1, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
+    for p1, p2 in zip(eager.parameters(), comp.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_each_load_of_a_generated_module_registers_its_own_ops():
+    """The same source loaded twice (as a registry or an export may do) gets two op
+    names, so the second load does not fail on a name already registered."""
+    from spaces.codegen import load_module_source, module_source
+    c = spaces.parse("silu(x)")
+    src = module_source(c.code_expr(), {}, class_name="Twice", func_name="twice", formula=c.formula,
+                        docstring="d")
+    a, b = load_module_source(src, "twice_a"), load_module_source(src, "twice_b")
+    assert a._OP_NAME != b._OP_NAME and a._OP_NAME.startswith("eafo::twice_")
+
+
 @pytest.mark.parametrize("formula,dtype", [
     ("beta*gelu(x) + (1 - beta)*x*exp(-x**2/2)", torch.float32),
     ("beta*gelu(x) + (1 - beta)*x*exp(-x**2/2)", torch.float64),
