@@ -836,8 +836,9 @@ def use_compiled_kernels(enabled=True):
 # Under torch.compile of a model, float32 CPU kernels are two custom ops, opaque to
 # the model's graph, that run our own compiled kernels: inductor compiles a model's
 # graph with multiply-adds kept apart (to match eager bit for bit), which costs these
-# polynomial kernels ~25%. On the CPU an activation sits between matmuls, which
-# inductor does not fuse with it anyway.
+# polynomial kernels ~25%. The cost: inductor cannot fuse the activation with its
+# neighbours. In a transformer MLP (Linear, act, Linear) it does not on the CPU anyway;
+# a gated unit (x * act(gate)) loses one fused multiply.
 
 
 def _free_op_name(base):
