@@ -920,14 +920,10 @@ def _run_f32(name, x, *args):
     rows = (x.numel() // n, n) if n else (1, 0)
     recording = torch.is_grad_enabled()
     xr = (x if recording else x.detach()).contiguous().view(rows)
-    if rows[0] > 1:  # one compiled kernel for every batch size: the row length stays fixed
-        torch._dynamo.maybe_mark_dynamic(xr, 0)
     if name.endswith("fwd"):
         return kernel(xr, _zero_rows(rows[0]), *args).view(x.shape)
     *coefficients, g = args
     gr = (g if recording else g.detach()).contiguous().view(rows)
-    if rows[0] > 1:
-        torch._dynamo.maybe_mark_dynamic(gr, 0)
     dx, *dc = kernel(xr, _zero_rows(rows[0]), *coefficients, gr)
     return (g if dx is gr and g.is_contiguous() else dx.view(x.shape), *dc)
 
