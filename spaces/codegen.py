@@ -828,7 +828,8 @@ def _compiled(f):
 
 
 def use_compiled_kernels(enabled=True):
-    """Fuse forward and backward with torch.compile (first call per shape compiles)."""
+    """Fuse forward and backward with torch.compile (the first call compiles; on the CPU in
+    float32, the first call with another batch size once more, other devices may take more)."""
     if enabled:
         _KERNELS.update(fwd=_compiled(_PLAIN["fwd"]), bwd=_compiled(_PLAIN["bwd"]), **_F32_FUSED)
     else:
