@@ -129,22 +129,30 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.allclose(eager.eps.grad, comp.eps.grad, atol=1e-4)
 
 
-@pytest.mark.parametrize("formula", ["beta*gelu(x) + (1 - beta)*tanh(x)", "x"])
-def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula):
+@pytest.mark.parametrize("formula,transposed", [("beta*gelu(x) + (1 - beta)*tanh(x)", False), ("x", False),
+                                                ("x", True)])
+def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, transposed):
     """Under torch.compile(fullgraph=True), a float32 CPU module's forward and backward
     are the generated module's two custom ops, which run its own fused float32 kernels
     (FMA-contracted, which a model's graph is not): the ops' kernels get compiled, the
     values and gradients match eager. "x" checks the backward op's output is not the
-    incoming gradient itself (custom ops may not alias inputs)."""
+    incoming gradient itself (custom ops may not alias inputs); a transposed input after
+    another shape (a dynamic-shape graph checks strides), that the ops lay their outputs
+    out as their fake kernels promise (empty_like(x))."""
     has_beta = "beta" in formula
     c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
     cls = c.module_class()
     ns = cls.forward.__globals__
     ns["_FUSED_F32"].clear()
     eager, comp = cls(), cls()
-    x1 = (torch.randn(3, 500) * 3).requires_grad_(True)
+    compiled = torch.compile(comp, fullgraph=True)
+    if transposed:
+        compiled(torch.randn(4, 600, requires_grad=True)).sum().backward()
+        comp.zero_grad()
+    x = torch.randn(500, 3).t() if transposed else torch.randn(3, 500)
+    x1 = (x * 3).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)
-    y1, y2 = eager(x1), torch.compile(comp, fullgraph=True)(x2)
+    y1, y2 = eager(x1), compiled(x2)
     y1.square().sum().backward()
     y2.square().sum().backward()
     assert set(ns["_FUSED_F32"]) == {"op_fwd", "op_bwd"}
