@@ -420,7 +420,10 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 #   log(1 + y)/y (`_softplus`, _LOG1P_RATIO_RATIONAL): no log.
 # - mish's tanh(softplus(u)) is a closed form in e = exp(-|u|), its complement too
 #   (`_tanh_softplus_float32`): mish's kernels take one exp each.
-# - sign(u) * y is `with_sign_of(y, u)`: two bit operations, not inductor's five.
+# - sign(u) * y is `with_sign_of(y, u)`: a compare and a blend (where(u < 0, -y, y)), not
+#   inductor's five-op sign. (Not bit operations through view(torch.int32): inductor
+#   writes each such view as a store, a scalar loop and a load, which GCC turned into
+#   ~35 shuffles per 512-bit vector; the tanh mix's forward took 6.3 ms instead of 2.2.)
 # - every exp whose argument sympy proves <= 0 (all of the above, and every
 #   Gaussian term) becomes `exp_nonpositive`, printed as `_exp_nonpositive`: a Cody-Waite
 #   reduction, a degree-4 polynomial, 2**n built in the exponent bits
@@ -484,10 +487,10 @@ _UNARY_TORCH[softplus_float32] = "_softplus"
 
 
 class with_sign_of(sp.Function):  # noqa: N801
-    """y * sign(x) for y >= 0, printed as `_with_sign_of(y, x)`: two bit operations on
-    float32, where inductor's sign is two compares, two blends and a subtract. At
-    x = -0.0 it gives -y where sign(x) * y gives 0; the erf and tanh forms that use it
-    have y = 0 or ~1e-9 there."""
+    """y * sign(x) for y >= 0, printed as `_with_sign_of(y, x)`: where(x < 0, -y, y), a
+    compare and a blend, where inductor's sign is two compares, two blends and a
+    subtract. At x = 0 (either sign) it gives y where sign(x) * y gives 0; the erf and
+    tanh forms that use it have y = 0 or ~1e-9 there."""
 
     nargs = 2
 
@@ -555,8 +558,8 @@ def _at_most_one(r):
 
 
 def _with_sign_of(y, x):
-    \"\"\"y (>= 0) with the sign bit of x, in float32: sign(x) * y as two bit operations.\"\"\"
-    return (y.view(torch.int32) | (x.view(torch.int32) & -2147483648)).view(torch.float32)
+    \"\"\"y (>= 0) with the sign of x, in float32: sign(x) * y as a compare and a blend.\"\"\"
+    return torch.where(x < 0.0, -y, y)
 """ + _SOFTPLUS_SOURCE
 
 
@@ -818,12 +821,30 @@ _EAGER = {{"fwd": {prefix}_eager_fwd, "bwd": {prefix}_eager_bwd}}
 _KERNELS = dict(_PLAIN, compiled=False)
 
 
-def _compiled(f):
-    # C++ kernels with multiply-adds contracted to FMAs (inductor's default keeps them
-    # apart to match eager bit for bit): ~25% faster for these polynomial kernels.
+def _cpu_kernel_options():
+    # - multiply-adds contracted to FMAs (inductor's default keeps them apart to match
+    #   eager bit for bit): ~25% faster for these polynomial kernels;
+    # - 256-bit vectors where inductor would pick 512-bit ones. On a 2-vCPU Xeon with
+    #   AVX-512 (one 512-bit FMA unit: 2.6 zmm FMAs/ns against 6.0 ymm), CRReLU's kernels
+    #   took 1.9x nn.GELU's with zmm and 1.2x with ymm. Also, in AVX-512 code inductor
+    #   writes each select as four instructions (mask, vector, mask, blend), and GCC
+    #   stores exp's 2**n in two halves that one 512-bit load reads back (a failed store
+    #   forward each element); with ymm a select is two and the 2**n stays in a register.
+    options = {{"cpp.enable_floating_point_contract_flag": "fast"}}
     try:
-        return torch.compile(f, fullgraph=True, options={{"cpp.enable_floating_point_contract_flag": "fast"}})
-    except RuntimeError:  # a torch whose inductor lacks that option
+        from torch._inductor import cpu_vec_isa
+        widths = {{isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}}
+        if cpu_vec_isa.pick_vec_isa().bit_width() == 512 and 256 in widths:
+            options["cpp.simdlen"] = 256
+    except Exception:  # noqa: BLE001 - another torch's inductor: its own defaults
+        pass
+    return options
+
+
+def _compiled(f):
+    try:
+        return torch.compile(f, fullgraph=True, options=_cpu_kernel_options())
+    except RuntimeError:  # a torch whose inductor lacks one of the options
         return torch.compile(f, fullgraph=True)
 
 

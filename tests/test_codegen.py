@@ -1,5 +1,7 @@
 """Generated torch modules: forward vs an independent sympy reference, sympy
 backward vs numerical gradients (gradcheck, float64), dtypes, compile, timm."""
+import math
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -189,8 +191,13 @@ def test_fused_float32_kernels_match_plain_kernels_for_any_layout_and_batch_size
         for x in xs:
             g = torch.randn(x.shape[::-1]).permute(*reversed(range(x.dim())))  # non-contiguous g
             torch.testing.assert_close(run("fwd", x, *coefs), plain["f32_fwd"](x, *coefs), atol=1e-6, rtol=1e-6)
-            for fused, ref in zip(run("bwd", x, *coefs, g), plain["f32_bwd"](x, *coefs, g)):
-                torch.testing.assert_close(fused, ref, atol=1e-6, rtol=1e-5)
+            (dx, *dc), (ref_dx, *ref_dc) = run("bwd", x, *coefs, g), plain["f32_bwd"](x, *coefs, g)
+            torch.testing.assert_close(dx, ref_dx, atol=1e-6, rtol=1e-5)
+            # beta's gradient is a float32 sum of g * (gelu - tanh), |gelu - tanh| <= |x| + 1,
+            # summed in another order: its rounding error scales with the sum of |terms|
+            # (not with the result, which cancels), ~1e-7 of it per level of summation
+            for fused, ref in zip(dc, ref_dc):
+                assert abs(fused.item() - ref.item()) <= 2e-6 * (g.abs() * (x.abs() + 1)).sum().item()
             g = torch.randn_like(x).contiguous()
             if not has_beta:
                 assert run("bwd", x, g)[0] is g
@@ -276,14 +283,22 @@ def test_float32_kernel_form_is_as_accurate_as_torch_erf(formula):
                                      "x*tanh(x)", "softplus(x)"])
 def test_float32_kernel_forms_agree_with_torch_at_infinities_huge_tiny_and_nan(formula):
     """The fused float32 forms at the edges (where exp under- or overflows, where
-    tanh and sigmoid saturate): the same values as the exact torch forms, NaN for NaN."""
-    ns = spaces.parse(formula).module_class().forward.__globals__
-    x = torch.tensor([-float("inf"), -1e30, -100.0, -88.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 88.0, 100.0,
-                      1e30, float("inf"), float("nan")])
+    tanh and sigmoid saturate): the same values as the exact torch forms, NaN for NaN.
+    At +-inf, torch's own value or the function's limit there (the float64 value at
+    +-1e300, rounded to float32): torch's float32 gelu gives NaN at +inf on some CPUs
+    (its AVX-512 kernel) and inf on others."""
+    plain = spaces.parse(formula).module_class().forward.__globals__["_PLAIN"]
+    x = torch.tensor([-1e30, -100.0, -88.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 88.0, 100.0, 1e30, float("nan")])
     g = torch.ones_like(x)
-    assert torch.allclose(ns["_PLAIN"]["f32_fwd"](x), ns["_PLAIN"]["fwd"](x), atol=1e-6, equal_nan=True)
-    assert torch.allclose(ns["_PLAIN"]["f32_bwd"](x, g)[0], ns["_PLAIN"]["bwd"](x, g)[0], atol=1e-6,
-                          equal_nan=True)
+    assert torch.allclose(plain["f32_fwd"](x), plain["fwd"](x), atol=1e-6, equal_nan=True)
+    assert torch.allclose(plain["f32_bwd"](x, g)[0], plain["bwd"](x, g)[0], atol=1e-6, equal_nan=True)
+    inf, huge = torch.tensor([-float("inf"), float("inf")]), torch.tensor([-1e300, 1e300], dtype=torch.float64)
+    for fused, exact, limit in [
+            (plain["f32_fwd"](inf), plain["fwd"](inf), plain["fwd"](huge).float()),
+            (plain["f32_bwd"](inf, torch.ones(2))[0], plain["bwd"](inf, torch.ones(2))[0],
+             plain["bwd"](huge, torch.ones(2, dtype=torch.float64))[0].float())]:
+        for f, e, lim in zip(fused.tolist(), exact.tolist(), limit.tolist()):
+            assert f == lim or f == e or math.isnan(f) and math.isnan(e), (f, e, lim)
 
 
 def test_polynomial_exp_of_fused_kernels_is_float32_accurate_and_underflows_to_zero():
