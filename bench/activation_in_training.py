@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import spaces  # noqa: E402
 from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
+from bench.machine import describe_cpu  # noqa: E402
 from evaluators.models import build_model, get_preset  # noqa: E402
 
 
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
         "model": args.model, "batch_size": args.batch_size, "image_size": size, "device": device.type,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "fused": args.fused,
         "allocator": allocator,
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()}, "cpu": describe_cpu(),
         "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},
         "ratio_vs_gelu": {n: round(statistics.median(t) / ref, 3) for n, t in times.items()},
         "page_faults_per_step": {n: statistics.median(f) for n, f in faults.items()},

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 import spaces  # noqa: E402
 from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
+from bench.machine import describe_cpu  # noqa: E402
 
 TARGET_RATIO = 1.2
 
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
         "device_type": device.type, "dtype": args.dtype, "shape": list(shape),
         "input_bytes": x_bytes, "threads": torch.get_num_threads(), "repeats": repeats,
         "inner_iterations": inner, "allocator": allocator,
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()}, "cpu": describe_cpu(),
         "rows": rows, "targets": targets,
     }
     print(json.dumps(result, indent=2))
