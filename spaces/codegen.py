@@ -605,7 +605,7 @@ def _erf_float32(u: sp.Expr) -> sp.Expr:
 def _tanh_float32(u: sp.Expr) -> sp.Expr:
     # a P(a**2)/Q(a**2) for a = |u| up to c, exactly 1 beyond c and wherever rounding
     # would pass 1 (so gelu_tanh(-1e30) is -0, not -1e30 times a rounding error); the
-    # sign of u put back with bit operations (odd). Beyond c the rational may overflow:
+    # sign of u put back with a select (odd). Beyond c the rational may overflow:
     # the select drops it. NaN stays NaN (a > c and r > 1 are false for it).
     c, p, q = _TANH_RATIONAL
     a = sp.Abs(u)
