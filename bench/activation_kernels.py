@@ -12,7 +12,9 @@ Modes, each timed as y = act(x); autograd.grad(y, [x, *coefficients], g):
 - naive:    the plain generated function (`<name>(x, **coefficients)`): one torch op per
             node, differentiated op by op by autograd, which saves every intermediate;
 - eager:    the module (its autograd.Function: saves only x, backward = sympy derivative);
-- fused:    the same with `use_compiled_kernels()`: forward and backward each one kernel;
+- fused:    the same with `use_compiled_kernels()`: forward and backward each one kernel
+            (float32 on the CPU: our C kernels, `spaces.native`, where the form has one);
+- fused_inductor: (CPU float32) the same with EAFO_NATIVE_KERNELS=0: torch.compile's kernels;
 - compiled: `torch.compile(module, fullgraph=True)` (the references: compiled nn.GELU/SiLU).
 
 Every time is a ratio against nn.GELU measured in the same run, in the same mode family
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -115,25 +118,32 @@ class Variant:
     generated module's `_KERNELS` table only while this variant runs (the eager and
     compiled variants of the same class must keep seeing the plain kernels)."""
 
-    def __init__(self, name, mode, fn, params, formula, table=None, kernels=None):
+    def __init__(self, name, mode, fn, params, formula, table=None, kernels=None, env=None):
         self.name, self.mode, self.fn, self.params, self.formula = name, mode, fn, params, formula
-        self.table, self.kernels = table, kernels
+        self.table, self.kernels, self.env = table, kernels, env or {}
         self.times: list[float] = []
         self.faults: list[float] = []  # page faults per iteration, one entry per sample
         self.warmup_s = None
         self.saved = self.saved_tensors = self.saved_total = None
+        self.kernels_kind = {"fused_inductor": "torch.compile", "fused": "torch.compile"}.get(mode)
 
     @contextmanager
     def active(self):
-        if self.kernels is None:
-            yield
-            return
-        plain = dict(self.table)
-        self.table.update(self.kernels)
+        before = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        plain = dict(self.table) if self.kernels is not None else None
+        if plain is not None:
+            self.table.update(self.kernels)
         try:
             yield
         finally:
-            self.table.update(plain)
+            if plain is not None:
+                self.table.update(plain)
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def run(self, x, g, n: int, sync) -> float:
         with self.active():
@@ -169,6 +179,14 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
         fused = dict(ns["_KERNELS"])
         ns["use_compiled_kernels"](False)
         out.append(Variant(name, "fused", mod, params, formula, ns["_KERNELS"], fused))
+        c_kernels = device.type == "cpu" and dtype == torch.float32 and ns["_native_kernels"]() is not None
+        out[-1].kernels_kind = "c" if c_kernels else "torch.compile"
+    if "fused_inductor" in modes and device.type == "cpu" and dtype == torch.float32:
+        ns["use_compiled_kernels"](True)
+        fused = dict(ns["_KERNELS"])
+        ns["use_compiled_kernels"](False)
+        out.append(Variant(name, "fused_inductor", mod, params, formula, ns["_KERNELS"], fused,
+                           env={"EAFO_NATIVE_KERNELS": "0"}))
     if "compiled" in modes:
         out.append(Variant(name, "compiled", torch.compile(mod, fullgraph=True), params, formula))
     return out
@@ -177,7 +195,7 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
 def reference_variants(modes, device, dtype) -> list[Variant]:
     out = []
     for name, m in (("nn.GELU", torch.nn.GELU()), ("nn.SiLU", torch.nn.SiLU())):
-        if modes & {"naive", "eager", "fused"}:
+        if modes & {"naive", "eager", "fused", "fused_inductor"}:
             out.append(Variant(name, "eager", m, [], name))
         if "compiled" in modes:
             out.append(Variant(name, "compiled", torch.compile(m, fullgraph=True), [], name))
@@ -191,7 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default=None,
                    help="tensor shape, e.g. 64x197x768 (default: that on CUDA, 16x197x768 on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (median taken)")
-    p.add_argument("--modes", default=None, help="comma list of naive,eager,fused,compiled")
+    p.add_argument("--modes", default=None, help="comma list of naive,eager,fused,fused_inductor,compiled")
     p.add_argument("--quick", action="store_true", help="small tensor, few rounds, eager modes only")
     p.add_argument("--markdown", action="store_true", help="also print a markdown table")
     p.add_argument("--malloc", default="kept", choices=["kept", "default"],
@@ -209,12 +227,13 @@ def main(argv=None) -> int:
         shape, repeats, modes = (2, 197, 768), args.repeats or 3, ["naive", "eager"]
     else:
         shape = (64, 197, 768) if cuda else (16, 197, 768)
-        repeats, modes = args.repeats or (15 if cuda else 7), ["naive", "eager", "fused", "compiled"]
+        repeats, modes = args.repeats or (15 if cuda else 7), ["naive", "eager", "fused", "fused_inductor",
+                                                               "compiled"]
     if args.shape:
         shape = tuple(int(s) for s in args.shape.lower().split("x"))
     if args.modes:
         modes = [m.strip() for m in args.modes.split(",")]
-        bad = set(modes) - {"naive", "eager", "fused", "compiled"}
+        bad = set(modes) - {"naive", "eager", "fused", "fused_inductor", "compiled"}
         if bad:
             print(f"error: unknown mode(s) {sorted(bad)}", file=sys.stderr)
             return 2
@@ -257,7 +276,7 @@ def main(argv=None) -> int:
         t = med[(v.name, v.mode)]
         ref = ref_compiled if v.mode == "compiled" else ref_eager
         rows.append({
-            "activation": v.name, "mode": v.mode, "formula": v.formula,
+            "activation": v.name, "mode": v.mode, "formula": v.formula, "kernels": v.kernels_kind,
             "time_ms": round(t * 1e3, 3),
             "ratio_vs_gelu": round(t / ref, 3) if ref else None,
             "ratio_vs_eager_gelu": round(t / ref_eager, 3) if ref_eager else None,
@@ -276,7 +295,7 @@ def main(argv=None) -> int:
         if e:
             # one input's worth, plus the 0-dim coefficients (a few bytes each)
             t["saved_one_input"] = x_bytes <= e["saved_bytes"] <= x_bytes + 64
-        for mode in ("eager", "fused", "compiled"):
+        for mode in ("eager", "fused", "fused_inductor", "compiled"):
             r = by.get((name, mode))
             if r and r["ratio_vs_gelu"] is not None:
                 t[f"{mode}_le_{TARGET_RATIO}x_gelu"] = r["ratio_vs_gelu"] <= TARGET_RATIO

@@ -12,8 +12,8 @@ the input gradient and the coefficient gradients (`sympy.cse`), so the
 autograd.Function saves only the input (and the scalar coefficients).
 Each kernel pair comes three times: the exact form; the same with in-place ops
 for eager mode (`InplacePrinter`); and the form fused float32 CPU kernels use
-(exp, erf, tanh and sigmoid as multiply-adds inductor inlines; see
-`_float32_forms`).
+(exp, erf, tanh and sigmoid as multiply-adds; see `_float32_forms`), which
+`spaces.native` also prints as C for the fused float32 CPU kernels.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import math
 import sympy as sp
 
 from spaces import functions as fn
+from spaces import native
 from spaces.functions import X
 from spaces.parse import check_name
 
@@ -302,14 +303,12 @@ class InplacePrinter(TorchPrinter):
         return acc, True
 
 
-def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str, inplace: bool = False):
-    """Common subexpressions of `exprs` as assignment lines, and the printed results.
-
-    inplace: print with InplacePrinter (eager kernels inside the autograd.Function)."""
+def common_subexpressions(exprs: list[sp.Expr]):
+    """sympy.cse of `exprs`: ([(temporary, expression)], reduced expressions). A
+    symbol-free temporary (sqrt(2)/2, ...) is put back in place: printers fold it
+    into a float literal where it is used."""
     temps = sp.numbered_symbols("_cse")
     replacements, reduced = sp.cse(exprs, symbols=temps, optimizations="basic")
-    # A symbol-free temporary (sqrt(2)/2, ...) is put back in place: the printer
-    # folds it into a float literal where it is used.
     constants = {}
     kept = []
     for sym, sub in replacements:
@@ -318,8 +317,14 @@ def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str, i
             kept.append((sym, sub))
         else:
             constants[sym] = sub
-    replacements = kept
-    reduced = [r.xreplace(constants) for r in reduced]
+    return kept, [r.xreplace(constants) for r in reduced]
+
+
+def _cse_lines(exprs: list[sp.Expr], names: dict[sp.Symbol, str], indent: str, inplace: bool = False):
+    """Common subexpressions of `exprs` as assignment lines, and the printed results.
+
+    inplace: print with InplacePrinter (eager kernels inside the autograd.Function)."""
+    replacements, reduced = common_subexpressions(exprs)
     names = dict(names)
     full = {sym for sym in names if sym.name in ("x", "g")}  # X is named x; g is bound by the caller
 
@@ -510,19 +515,19 @@ class with_sign_of(sp.Function):  # noqa: N801
         return None
 
 
+def _horner_source(coefs, v: str) -> str:
+    out = repr(coefs[-1])
+    for c in reversed(coefs[:-1]):
+        out = f"({c!r} + {v} * {out})"
+    return out
+
+
 # log(1 + y)/y on [0, 1], degrees (2, 3): (c, P, Q), coefficients in powers of y rounded
 # to float32, from `spaces.minimax.rational_fit(log1p_ratio, 1, 2, 3, odd=False)` (max
 # error 1.6e-8). softplus(a) = max(a, 0) + y P(y)/Q(y), y = exp(-|a|): no log, no
 # overflow, relatively accurate where softplus is tiny (a << 0); exactly a for a > 17.
 _LOG1P_RATIO_RATIONAL = (1.0, (1.0, 0.8692220449447632, 0.12455064058303833),
                          (1.0, 1.3692203760147095, 0.4758569598197937, 0.031328726559877396))
-
-
-def _horner_source(coefs, v: str) -> str:
-    out = repr(coefs[-1])
-    for c in reversed(coefs[:-1]):
-        out = f"({c!r} + {v} * {out})"
-    return out
 
 
 _SOFTPLUS_SOURCE = f"""
@@ -541,14 +546,18 @@ def _softplus(a):
 # exponent bits: the integer (n + 127) * 2**23, computed exactly in float32 as one
 # multiply-add. Relative error below 1e-7 (tested). a < -88 gives n = -127, exponent
 # bits 0: exactly 0.0, where float32's exp underflows anyway. NaN stays NaN.
-EXP_NONPOSITIVE_SOURCE = """\
+# (ln2 high part, ln2 low part, P's coefficients from r^0 up): shared with the C form
+# of the same exp (spaces.native)
+EXP_LN2_HI, EXP_LN2_LO = 0.693359375, -2.12194440e-4
+EXP_REMAINDER = (4.999999403953552e-1, 1.666652113199234e-1, 4.1668377816677094e-2,
+                 8.36868304759264e-3, 1.3815137790516019e-3)
+EXP_NONPOSITIVE_SOURCE = f"""\
 def _exp_nonpositive(a):
     \"\"\"exp(a) for a <= 0 in float32, in multiply-adds a fused CPU kernel inlines.\"\"\"
     a = torch.where(a < -88.0, -88.0, a)  # a select: NaN stays NaN (a clamp costs one op more)
     n = torch.floor(a * 1.4426950408889634 + 0.5)
-    r = a - n * 0.693359375 + n * 2.12194440e-4
-    p = ((((1.3815137790516019e-3 * r + 8.36868304759264e-3) * r + 4.1668377816677094e-2) * r
-          + 1.666652113199234e-1) * r + 4.999999403953552e-1) * (r * r) + r + 1.0
+    r = a - n * {EXP_LN2_HI!r} - n * {EXP_LN2_LO!r}
+    p = {_horner_source(EXP_REMAINDER, "r")} * (r * r) + r + 1.0
     return p * (n * 8388608.0 + 1065353216.0).to(torch.int32).view(torch.float32)
 
 
@@ -769,6 +778,11 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
     `expr` may contain only x and the symbols named in `learnable` (fixed
     coefficients must already be substituted).
     """
+    return _sources(expr, learnable, prefix)[0]
+
+
+def _sources(expr: sp.Expr, learnable: list[str], prefix: str) -> tuple[str, str | None]:
+    """(function_sources, the C source of the float32 forms or None: spaces.native)."""
     check_name(prefix.lstrip("_"), "function prefix")
     syms = {X: "x"}
     for n in learnable:
@@ -787,7 +801,8 @@ def function_sources(expr: sp.Expr, learnable: list[str], prefix: str) -> str:
         fused = _kernel_pair(f"{prefix}_f32", learnable, syms, f32_expr, f32_derivs)
     else:  # nothing to rewrite: the float32 kernels are the exact ones
         fused = [f"{prefix}_f32_fwd, {prefix}_f32_bwd = {prefix}_fwd, {prefix}_bwd"]
-    return "\n".join([*exact, "", "", *eager, "", "", *fused]) + "\n"
+    c_source = native.kernel_source(f32_expr, f32_derivs, list(syms)[1:])
+    return "\n".join([*exact, "", "", *eager, "", "", *fused]) + "\n", c_source
 
 
 MODULE_TEMPLATE = '''\
@@ -808,14 +823,16 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 {functions}
 
 # Kernels the autograd.Function calls. Eager, the *_eager forms (in-place ops: one
-# buffer reused along each expression). `use_compiled_kernels()` swaps in
-# torch.compile'd versions: each becomes one fused elementwise kernel (C++ on
-# CPU, Triton on CUDA) instead of one kernel per op, at a one-off compile cost.
-# Under torch.compile of a model, the plain forms are traced into its graph, except
-# float32 on the CPU, whose kernels run as two opaque ops (`_f32_fwd_op`, below).
-# Fused float32 CPU kernels use the *_f32 forms (polynomial exp, erf, tanh and
-# sigmoid in multiply-adds, one exp shared by erf and the Gaussian terms); one op
-# at a time, the exact forms are cheaper.
+# buffer reused along each expression). `use_compiled_kernels()` swaps in fused
+# versions: each becomes one elementwise kernel instead of one kernel per op, at a
+# one-off compile cost. Float32 on the CPU: the *_f32 forms (polynomial exp, erf, tanh
+# and sigmoid in multiply-adds, one exp shared by erf and the Gaussian terms) as our
+# own C (`_NATIVE_SOURCE`, built by the system's C compiler), or torch.compile'd where
+# a form has no C counterpart or no compiler works; other dtypes and devices:
+# torch.compile'd plain forms (C++ on CPU, Triton on CUDA). Under torch.compile of a
+# model, the plain forms are traced into its graph, except float32 on the CPU, whose
+# kernels run as two opaque ops (`_f32_fwd_op`, below). One op at a time, the exact
+# forms are cheaper.
 _PLAIN = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd, "f32_fwd": {prefix}_f32_fwd, "f32_bwd": {prefix}_f32_bwd}}
 _EAGER = {{"fwd": {prefix}_eager_fwd, "bwd": {prefix}_eager_bwd}}
 _KERNELS = dict(_PLAIN, compiled=False)
@@ -849,8 +866,9 @@ def _compiled(f):
 
 
 def use_compiled_kernels(enabled=True):
-    """Fuse forward and backward with torch.compile (the first call compiles; on the CPU in
-    float32, the first call with another batch size once more, other devices may take more)."""
+    """Fuse forward and backward into one kernel each: float32 on the CPU, our C kernels
+    (the first call builds them, ~0.2 s, cached on disk; torch.compile's where there are
+    none); else torch.compile (the first call compiles, other shapes may take more)."""
     if enabled:
         _KERNELS.update(fwd=_compiled(_PLAIN["fwd"]), bwd=_compiled(_PLAIN["bwd"]), **_F32_FUSED)
     else:
@@ -934,13 +952,18 @@ def _run_f32(name, x, *args):
     """The fused float32 CPU kernel `name` ("fwd", "bwd", "op_fwd" or "op_bwd") on x;
     args: the coefficients, then g for a backward.
 
-    The kernel sees few kinds of input, so that it is compiled few times: 2-d contiguous
-    tensors (a copy where x or g is not contiguous), which do not require grad unless a
-    graph is being recorded (a backward with create_graph=True)."""
+    Our C kernels where there are some (`_native_kernels`) and no graph is being recorded
+    (a backward with create_graph=True: the compiled kernels are differentiable).
+    Else the compiled kernel, which sees few kinds of input, so that it is compiled few
+    times: 2-d contiguous tensors (a copy where x or g is not contiguous), which do not
+    require grad unless a graph is being recorded."""
+    recording = torch.is_grad_enabled()
+    native = _native_kernels()
+    if native is not None and not (recording and any(t.requires_grad for t in (x, *args))):
+        return _run_native(native, name, x, *args)
     kernel = _fused_f32(name)
     n = _row_length(x.shape)
     rows = (x.numel() // n, n) if n else (1, 0)
-    recording = torch.is_grad_enabled()
     xr = (x if recording else x.detach()).contiguous().view(rows)
     if name.endswith("fwd"):
         return kernel(xr, _zero_rows(rows[0]), *args).view(x.shape)
@@ -949,6 +972,11 @@ def _run_f32(name, x, *args):
     dx, *dc = kernel(xr, _zero_rows(rows[0]), *coefficients, gr)
     return (g if dx is gr and g.is_contiguous() else dx.view(x.shape), *dc)
 
+
+# C source of the same kernels (spaces.native), printed from the float32 forms: only
+# float literals and fixed names. None where a form has no C counterpart.
+_NATIVE_SOURCE = {native_source}
+{native_loader}
 
 _F32_FUSED = {{"f32_fwd": lambda x, *args: _run_f32("fwd", x, *args),
               "f32_bwd": lambda x, *args: _run_f32("bwd", x, *args)}}
@@ -1056,6 +1084,7 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
         if not math.isfinite(v):
             raise ValueError(f"initial value of {n} is not finite: {v}")
     coef_args = "".join(f", {n}" for n in names)
+    functions, c_source = _sources(expr, names, prefix)
     params = "".join(
         f"        self.{n} = torch.nn.Parameter(torch.tensor(float({n})))\n" for n in names)
     return MODULE_TEMPLATE.format(
@@ -1065,7 +1094,9 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
         formula_literal=repr(formula),
         coefficients_literal=repr(inits),
         exp_helper=EXP_NONPOSITIVE_SOURCE,
-        functions=function_sources(expr, names, prefix),
+        functions=functions,
+        native_source=native.source_literal(c_source),
+        native_loader=native.NATIVE_LOADER_SOURCE,
         func_name=func_name,
         coef_kwargs="".join(f"{n}={inits[n]!r}, " for n in names),
         prefix=prefix,

@@ -131,16 +131,19 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.allclose(eager.eps.grad, comp.eps.grad, atol=1e-4)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c-kernels", "inductor-kernels"])
 @pytest.mark.parametrize("formula,transposed", [("beta*gelu(x) + (1 - beta)*tanh(x)", False), ("x", False),
                                                 ("x", True)])
-def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, transposed):
+def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, transposed, native, monkeypatch):
     """Under torch.compile(fullgraph=True), a float32 CPU module's forward and backward
     are the generated module's two custom ops, which run its own fused float32 kernels
-    (FMA-contracted, which a model's graph is not): the ops' kernels get compiled, the
-    values and gradients match eager. "x" checks the backward op's output is not the
-    incoming gradient itself (custom ops may not alias inputs); a transposed input after
-    another shape (a dynamic-shape graph checks strides), that the ops lay their outputs
-    out as their fake kernels promise (empty_like(x))."""
+    (FMA-contracted, which a model's graph is not): our C kernels, or with
+    EAFO_NATIVE_KERNELS=0 the ops' compiled kernels; the values and gradients match
+    eager. "x" checks the backward op's output is not the incoming gradient itself
+    (custom ops may not alias inputs); a transposed input after another shape (a
+    dynamic-shape graph checks strides), that the ops lay their outputs out as their
+    fake kernels promise (empty_like(x))."""
+    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "1" if native else "0")
     has_beta = "beta" in formula
     c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
     cls = c.module_class()
@@ -157,7 +160,7 @@ def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, tr
     y1, y2 = eager(x1), compiled(x2)
     y1.square().sum().backward()
     y2.square().sum().backward()
-    assert set(ns["_FUSED_F32"]) == {"op_fwd", "op_bwd"}
+    assert set(ns["_FUSED_F32"]) == (set() if native else {"op_fwd", "op_bwd"})
     assert ns["_OP_NAME"].startswith("eafo::candidate_")
     torch.testing.assert_close(y2, y1, atol=2e-6, rtol=2e-6)
     torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
@@ -197,11 +200,13 @@ def test_fused_float32_kernels_take_the_sign_by_a_select_and_256_bit_vectors_ove
 
 
 @pytest.mark.parametrize("formula", ["x", "beta*gelu(x) + (1 - beta)*tanh(x)"])
-def test_fused_float32_kernels_match_plain_kernels_for_any_layout_and_batch_size(formula):
-    """The fused float32 CPU kernels (run over rows) give the plain float32 forms' values
-    and gradients for contiguous, transposed and sliced inputs and gradients, and for ten
-    batch sizes without a recompilation each (fullgraph=True would fail past 8). Where
-    f' = 1 the backward hands back g itself, as the plain form does."""
+def test_fused_float32_kernels_match_plain_kernels_for_any_layout_and_batch_size(formula, monkeypatch):
+    """The compiled fused float32 CPU kernels (EAFO_NATIVE_KERNELS=0; run over rows) give
+    the plain float32 forms' values and gradients for contiguous, transposed and sliced
+    inputs and gradients, and for ten batch sizes without a recompilation each
+    (fullgraph=True would fail past 8). Where f' = 1 the backward hands back g itself, as
+    the plain form does. (The C kernels: tests/test_native.py.)"""
+    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
     has_beta = "beta" in formula
     c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
     ns = c.module_class().forward.__globals__
@@ -341,20 +346,17 @@ def test_polynomial_exp_of_fused_kernels_is_float32_accurate_and_underflows_to_z
 
 
 def test_polynomial_exp_coefficients_are_the_fit_in_spaces_minimax():
-    """The exp polynomial's coefficients (in the kernels' source) are what
-    spaces.minimax.exp_remainder_fit gives, to float32 precision, and that fit is
-    within 1e-8 of exp on the reduced range, far below float32's own rounding."""
-    import re
-
+    """The exp polynomial's coefficients (printed into the torch and the C kernels'
+    source) are what spaces.minimax.exp_remainder_fit gives, to float32 precision, and
+    that fit is within 1e-8 of exp on the reduced range, far below float32's rounding."""
     import numpy as np
 
-    from spaces import codegen, minimax
+    from spaces import codegen, minimax, native
     worst, fit = minimax.exp_remainder_fit()
     assert worst < 1e-8
-    poly_line = codegen.EXP_NONPOSITIVE_SOURCE[codegen.EXP_NONPOSITIVE_SOURCE.index("p = "):]
-    poly_line = poly_line[:poly_line.index("(r * r)")]
-    in_source = [float(v) for v in re.findall(r"\d\.\d+e-\d+", poly_line)]  # highest power first
-    assert np.allclose(in_source[::-1], fit, rtol=3e-7, atol=0)
+    assert np.allclose(codegen.EXP_REMAINDER, fit, rtol=3e-7, atol=0)
+    for c in codegen.EXP_REMAINDER:
+        assert repr(c) in codegen.EXP_NONPOSITIVE_SOURCE and f"{c!r}f" in native.helpers_source()
 
 
 @pytest.mark.parametrize("formula", ["exp(-eps*Abs(x**3 - erf(x)))", "Abs(tanh(x) - x)*eps + x"])

@@ -1,0 +1,228 @@
+"""spaces.native: the fused float32 CPU kernels as our own C, against the float32 torch
+forms they are printed from and against float64; caching, fallbacks, thread counts."""
+import math
+import re
+
+import pytest
+import torch
+
+import spaces
+from spaces import native
+from spaces.codegen import load_module_source, module_source
+
+BENCH_FORMULAS = ["relu(x) + eps*x*exp(-x**2/2)", "gelu(x) + eps*x*exp(-x**2/2)",
+                  "silu(x) + eps*(x**2 - 1)*exp(-x**2/2)", "eps*gelu(x) + (1 - eps)*tanh(x)"]
+WITH_C_FORM = BENCH_FORMULAS + ["x", "relu(x)", "leaky_relu(x)", "gelu(x)", "silu(x)", "mish(x)", "softplus(x)",
+                                "tanh(x)", "sigmoid(x)*eps", "x*tanh(x)", "Max(x, eps*x)", "Abs(x) + eps",
+                                "eps*erf(x) + x", "x**3/(1 + x**2) + eps*sqrt(1 + x**2)"]
+WITHOUT_C_FORM = ["log(1 + x**2)", "sin(x) + x", "exp(x)", "elu(x)"]
+
+
+def candidate(formula):
+    has_eps = "eps" in formula
+    return spaces.parse(formula, init={"eps": 0.3} if has_eps else None, learnable=["eps"] if has_eps else [])
+
+
+def namespace(formula):
+    return candidate(formula).module_class().forward.__globals__
+
+
+def fresh_namespace(formula, name):
+    """The module loaded anew: its C library is looked up (or built) again."""
+    c = candidate(formula)
+    src = module_source(c.code_expr(), c.learnable, class_name="Fresh", func_name="fresh",
+                        formula=c.formula, docstring="d")
+    return load_module_source(src, name).__dict__
+
+
+def edge_points():
+    return torch.cat([torch.linspace(-12, 12, 20001), torch.randn(5000) * 3,
+                      torch.tensor([0.0, -0.0, 1e-30, -1e-30, 3e-5, -88.0, 88.0, -100.0, 100.0, 1e30, -1e30,
+                                    float("inf"), -float("inf"), float("nan")])])
+
+
+@pytest.mark.parametrize("formula", WITH_C_FORM)
+def test_c_kernels_give_the_float32_forms_values_and_gradients(formula):
+    """The C kernels compute the same float32 forms as the torch ones (`_PLAIN["f32_*"]`),
+    so they agree to float32 rounding (FMA contraction, another order of operations)
+    everywhere, NaN where they give NaN, at infinities too; the coefficient's gradient,
+    a sum over blocks in double, within float32 summation error of torch's float32 sum."""
+    ns = namespace(formula)
+    kernels = ns["_native_kernels"]()
+    assert kernels is not None
+    coefs = [torch.tensor(0.3)] if "eps" in formula else []
+    x, plain = edge_points(), ns["_PLAIN"]
+    g = torch.randn_like(x)
+    y, ref_y = ns["_run_native"](kernels, "fwd", x, *coefs), plain["f32_fwd"](x, *coefs)
+    torch.testing.assert_close(y, torch.broadcast_to(ref_y, x.shape), atol=1e-6, rtol=1e-6, equal_nan=True)
+    (dx, *dc), (ref_dx, *ref_dc) = ns["_run_native"](kernels, "bwd", x, *coefs, g), plain["f32_bwd"](x, *coefs, g)
+    torch.testing.assert_close(dx, torch.broadcast_to(ref_dx, x.shape), atol=1e-6, rtol=1e-5, equal_nan=True)
+    finite = x.abs() < 1e3
+    if coefs:  # on moderate points: at the edges a term may be inf or NaN (x**2 overflows) for both
+        (_, dc_finite), (_, ref_finite) = (ns["_run_native"](kernels, "bwd", x[finite], *coefs, g[finite]),
+                                            plain["f32_bwd"](x[finite], *coefs, g[finite]))
+        scale = (g[finite].abs() * (x[finite].abs() + 1)).sum().item()
+        assert dc_finite.dtype == torch.float32 and dc_finite.shape == coefs[0].shape
+        assert abs(dc_finite.item() - ref_finite.item()) <= 2e-6 * scale
+
+
+@pytest.mark.parametrize("formula", BENCH_FORMULAS + ["mish(x)", "tanh(x)", "softplus(x)"])
+def test_c_kernels_are_as_accurate_as_float32_torch(formula):
+    """Against float64 exact values: no worse than float32 torch's own ops, to 3e-7 (the
+    erf and tanh forms' own error), forward and derivative."""
+    ns = namespace(formula)
+    kernels, plain = ns["_native_kernels"](), ns["_PLAIN"]
+    coefs = [torch.tensor(0.3)] if "eps" in formula else []
+    x = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([0.0, 1e-30, -1e-8, 3e-5])])
+    g = torch.ones_like(x)
+    exact_y = plain["fwd"](x.double(), *[c.double() for c in coefs])
+    exact_d = plain["bwd"](x.double(), *[c.double() for c in coefs], g.double())[0]
+
+    def error(y, ref):
+        return ((y.double() - ref).abs() / ref.abs().clamp_min(1.0)).max().item()
+
+    y = ns["_run_native"](kernels, "fwd", x, *coefs)
+    d = ns["_run_native"](kernels, "bwd", x, *coefs, g)[0]
+    assert error(y, exact_y) <= error(plain["fwd"](x, *coefs), exact_y) + 3e-7
+    assert error(d, exact_d) <= error(plain["bwd"](x, *coefs, g)[0], exact_d) + 3e-7
+
+
+@pytest.mark.parametrize("n", [0, 1, 17, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_c_kernels_handle_any_size_and_layout(n):
+    """Empty tensors, sizes around the 4096-element block, non-contiguous x and g: the
+    same as the float32 torch forms, in x's shape."""
+    ns = namespace("eps*gelu(x) + (1 - eps)*tanh(x)")
+    kernels, plain = ns["_native_kernels"](), ns["_PLAIN"]
+    beta = torch.tensor(0.7)
+    x = (torch.randn(2 * n + 1) * 4)[::2][:n].reshape(n, 1).expand(n, 3).t()  # strided, expanded
+    g = torch.randn(n, 3).t()
+    y = ns["_run_native"](kernels, "fwd", x, beta)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, plain["f32_fwd"](x, beta), atol=1e-6, rtol=1e-6)
+    dx, db = ns["_run_native"](kernels, "bwd", x, beta, g)
+    ref_dx, ref_db = plain["f32_bwd"](x, beta, g)
+    torch.testing.assert_close(dx, ref_dx, atol=1e-6, rtol=1e-5)
+    assert abs(db.item() - ref_db.item()) <= 2e-6 * (g.abs() * (x.abs() + 1)).sum().item() + 1e-12
+
+
+def test_coefficient_gradient_does_not_depend_on_the_thread_count():
+    """Each block's sum is one thread's, blocks are added in order: 1 and 2 threads give
+    bit-identical gradients."""
+    ns = namespace("relu(x) + eps*x*exp(-x**2/2)")
+    kernels = ns["_native_kernels"]()
+    x, g, eps = torch.randn(64, 4096), torch.randn(64, 4096), torch.tensor(0.01)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ns["_run_native"](kernels, "bwd", x, eps, g)
+        torch.set_num_threads(2)
+        two = ns["_run_native"](kernels, "bwd", x, eps, g)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and one[1].item() == two[1].item()
+
+
+@pytest.mark.parametrize("formula", WITHOUT_C_FORM)
+def test_forms_without_a_c_counterpart_keep_compiled_kernels(formula):
+    """A node the C printer does not know (log, sin, an exp that may overflow, elu's
+    expm1) gives no C source; the fused kernels are then torch.compile's, with the
+    same values as the float32 forms."""
+    ns = namespace(formula)
+    assert ns["_NATIVE_SOURCE"] is None and ns["_native_kernels"]() is None
+    x = torch.linspace(-3, 3, 1000)
+    ns["_FUSED_F32"].clear()
+    torch.testing.assert_close(ns["_run_f32"]("fwd", x), ns["_PLAIN"]["f32_fwd"](x), atol=1e-6, rtol=1e-6)
+    assert set(ns["_FUSED_F32"]) == {"fwd"}
+
+
+def test_c_source_holds_no_user_text_and_only_known_tokens():
+    """Coefficients are c0, c1, ...: a user's names never reach the C file, which holds
+    only numbers, fixed identifiers and C punctuation; in the Python module it is a raw
+    string without quotes or backslashes."""
+    c = spaces.parse("relu(x) + zzsecret*x*exp(-x**2/2) + qqother*tanh(x)", init={"zzsecret": 0.1, "qqother": 0.2},
+                     learnable=["zzsecret", "qqother"])
+    ns = c.module_class().forward.__globals__
+    src = ns["_NATIVE_SOURCE"]
+    assert "zzsecret" not in src and "qqother" not in src and "c0" in src and "c1" in src
+    assert '"' not in src and "\\" not in src
+    code = re.sub(r"/\*.*?\*/", "", src, flags=re.S)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", code))
+    allowed = {"include", "math", "h", "stdint", "string", "static", "inline", "float", "const", "int32_t",
+               "int64_t", "int", "double", "void", "return", "for", "if", "memcpy", "sizeof", "floorf",
+               "fabsf", "sqrtf", "restrict", "pragma", "omp", "simd", "parallel", "num_threads", "schedule",
+               "reduction", "define", "x", "a", "b", "c", "n", "r", "p", "y", "i", "b", "g", "gi", "xs", "gs",
+               "dx", "dc", "out", "end", "bits", "scale", "blocks", "threads", "block_sums", "f", "e"}
+    unexpected = {w for w in words if w not in allowed and not re.fullmatch(
+        r"(eafo_\w+|EAFO_BLOCK|[ct]\d+|s\d+|\d*e?f?)", w) and w != "static"}
+    assert not unexpected, unexpected
+
+
+def test_library_is_built_once_and_reused_from_the_disk_cache(tmp_path, monkeypatch):
+    """The first load compiles one library into EAFO_KERNEL_CACHE; a second load of the
+    same module (another process, say) finds it there and builds nothing."""
+    monkeypatch.setenv("EAFO_KERNEL_CACHE", str(tmp_path))
+    first = fresh_namespace("gelu(x) + eps*x*exp(-x**2/2)", "cache_first")
+    assert first["_native_kernels"]() is not None
+    built = sorted(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    second = fresh_namespace("gelu(x) + eps*x*exp(-x**2/2)", "cache_second")
+    assert second["_native_kernels"]() is not None
+    assert sorted(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_without_a_compiler_fused_kernels_fall_back_to_torch_compile(tmp_path, monkeypatch):
+    """No working C compiler: one RuntimeWarning that says so, and use_compiled_kernels()
+    still fuses (inductor's kernels), with the same values; EAFO_NATIVE_KERNELS=0 picks
+    inductor's kernels without trying."""
+    monkeypatch.setenv("EAFO_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    ns = fresh_namespace("relu(x) + eps*x*exp(-x**2/2)", "no_compiler")
+    with pytest.warns(RuntimeWarning, match="no C kernels"):
+        assert ns["_native_kernels"]() is None
+    x, eps = torch.randn(3, 512), torch.tensor(0.01)
+    torch.testing.assert_close(ns["_run_f32"]("fwd", x, eps), ns["_PLAIN"]["f32_fwd"](x, eps), atol=1e-6, rtol=1e-6)
+    assert set(ns["_FUSED_F32"]) == {"fwd"}
+    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
+    assert namespace("relu(x) + eps*x*exp(-x**2/2)")["_native_kernels"]() is None
+
+
+def test_module_with_c_kernels_trains_like_the_plain_module():
+    """End to end through the autograd.Function: use_compiled_kernels() on a float32 CPU
+    module runs the C kernels; outputs, input gradients and eps's gradient match the
+    plain module; a backward with create_graph=True (recorded, so the compiled kernels)
+    matches too."""
+    cls = candidate("relu(x) + eps*x*exp(-x**2/2)").module_class()
+    ns = cls.forward.__globals__
+    plain, fused = cls(), cls()
+    x1 = (torch.randn(8, 197, 64) * 2).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    plain(x1).square().sum().backward()
+    ns["use_compiled_kernels"](True)
+    try:
+        ns["_FUSED_F32"].clear()
+        fused(x2).square().sum().backward()
+        assert not ns["_FUSED_F32"]  # the C kernels ran, not inductor's
+        assert math.isclose(fused.eps.grad.item(), plain.eps.grad.item(), rel_tol=1e-5)
+        x3 = x1.detach().clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(fused(x3).sum(), x3, create_graph=True)
+        gx.sum().backward()
+    finally:
+        ns["use_compiled_kernels"](False)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
+    x4 = x1.detach().clone().requires_grad_(True)
+    (gx4,) = torch.autograd.grad(plain(x4).sum(), x4, create_graph=True)
+    gx4.sum().backward()
+    torch.testing.assert_close(x3.grad, x4.grad, atol=2e-6, rtol=2e-6)
+
+
+def test_kernel_source_is_none_only_for_unknown_nodes():
+    """The printer's coverage, stated: the benchmark's candidates and the common bases
+    have a C form; log, sin, a general exp and elu do not."""
+    for formula in WITH_C_FORM:
+        assert namespace(formula)["_NATIVE_SOURCE"] is not None, formula
+    for formula in WITHOUT_C_FORM:
+        assert namespace(formula)["_NATIVE_SOURCE"] is None, formula
+    assert native.source_literal(None) == "None"
+    with pytest.raises(ValueError):
+        native.source_literal('x = "a";')
