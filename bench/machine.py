@@ -1,8 +1,9 @@
 """What the benchmarks ran on: their ratios depend on the CPU, not only on the kernels.
 
 On a Xeon with AVX-512 and one 512-bit FMA unit, nn.GELU's forward ran at about memory
-speed while the generated kernels did not: fused forward+backward took 1.2-1.7x nn.GELU's
-there, 0.8-1.3x on a machine without AVX-512. Each JSON line says which CPU it was.
+speed while torch.compile's kernels for our forms did not: their forward+backward took
+1.3-1.8x nn.GELU's there, 0.8-1.3x on a machine without AVX-512. Each JSON line says
+which CPU it was and how our C kernels were built.
 """
 from __future__ import annotations
 
@@ -22,20 +23,22 @@ def cpu_model() -> str:
 
 
 def describe_cpu() -> dict:
-    """Model, cores, the widest vector ISA inductor finds, and the vector width the
-    generated fused kernels compile with (see `_cpu_kernel_options` in spaces.codegen)."""
+    """Model, cores, the widest vector ISA inductor finds, the vector width torch.compile's
+    fused kernels compile with (`_cpu_kernel_options` in spaces.codegen), and the compiler
+    command line of our C kernels (spaces.native; None where they cannot be built)."""
     import os
 
     import spaces
 
     out = {"model": cpu_model(), "logical_cpus": os.cpu_count()}
+    ns = spaces.BASELINES["crrelu"].module_class().forward.__globals__
     try:
         from torch._inductor import cpu_vec_isa
 
         isa = cpu_vec_isa.pick_vec_isa()
         out["inductor_vector_isa"] = str(isa) or "none"
-        options = spaces.BASELINES["crrelu"].module_class().forward.__globals__["_cpu_kernel_options"]()
-        out["fused_kernel_vector_bits"] = options.get("cpp.simdlen", isa.bit_width())
+        out["inductor_kernel_vector_bits"] = ns["_cpu_kernel_options"]().get("cpp.simdlen", isa.bit_width())
     except Exception as e:  # noqa: BLE001 - informative only
         out["inductor_vector_isa"] = f"unknown ({type(e).__name__})"
+    out["c_kernel_build"] = " ".join(ns["_NATIVE"]["flags"]) if ns["_native_kernels"]() else None
     return out

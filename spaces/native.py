@@ -1,10 +1,11 @@
 """Float32 forms -> C: the fused CPU kernels' own source, compiled by the system's C compiler.
 
 Why not inductor alone: on a 2-vCPU AVX-512 Xeon (one 512-bit FMA unit) the kernels
-inductor generates from the same forms ran 1.2-1.7x `nn.GELU` (oneDNN), and no option of
-inductor's brought them closer; each call also crossed ~45 us of Dynamo guards. A plain C
-loop over the same forms, vectorised by GCC (`#pragma omp simd`), is close to memory
-speed there and is called through ctypes in a few microseconds.
+inductor generates from the same forms ran 1.3-1.8x `nn.GELU` (oneDNN; forward+backward,
+median of 6 benchmark runs), and no option of inductor's brought them closer; each call
+also crossed ~45 us of Dynamo guards. A plain C loop over the same forms, vectorised by
+GCC (`#pragma omp simd`, 512-bit vectors where the CPU has them), ran 0.98-1.26x there in
+the same runs, and is called through ctypes in a few microseconds.
 
 `kernel_source` prints the float32 forms (`spaces.codegen._float32_forms`) of a forward
 and a backward as one C file: two functions, `eafo_fwd` and `eafo_bwd`, each one pass
@@ -352,6 +353,7 @@ def _load_native():
         p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         fwd.argtypes, fwd.restype = [p, p, n, p, i], None
         bwd.argtypes, bwd.restype = [p, p, p, n, p, p, p, i], None
+        _NATIVE["flags"] = [compiler, *_NATIVE_BASE_FLAGS, *flags]  # what built it (benchmarks report it)
         return fwd, bwd
     import warnings
 
