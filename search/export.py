@@ -2,11 +2,13 @@
 
     python -m search.export runs/<study> --out my_acts/ [--rank N] [--name NAME] [--learned]
 
-writes `my_acts/<name>.py`, which imports only torch (and math) and defines:
+writes `my_acts/<name>.py`, which imports only torch and the standard library and defines:
 
 - `<name>(x, **coefficients, inplace=False)`: the formula as plain torch ops;
 - `<Class>Function`: a torch.autograd.Function that saves only its input (backward
-  is the sympy derivative) and `use_compiled_kernels()` to fuse it with torch.compile;
+  is the sympy derivative) and `use_compiled_kernels()` to fuse it (float32 on the
+  CPU: the C kernels whose source the file holds, built by the system's C compiler on
+  first use; else torch.compile);
 - `<Class>`: the nn.Module (zero-argument constructible, `inplace=` accepted, one
   scalar nn.Parameter per learnable coefficient, the formula in its repr), ready
   for timm's `act_layer=`;

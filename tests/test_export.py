@@ -1,4 +1,4 @@
-"""search.export: a study's winner -> a standalone module file that imports only torch.
+"""search.export: a study's winner -> a standalone module file that imports only torch and the standard library.
 
 The study folders are written here in the results format (best.json,
 leaderboard.json) rather than produced by a search, so these tests stay fast.
