@@ -11,9 +11,12 @@ folder and loaded back through `spaces.get_activation`; references nn.GELU and n
 Modes, each timed as y = act(x); autograd.grad(y, [x, *coefficients], g):
 - naive:    the plain generated function (`<name>(x, **coefficients)`): one torch op per
             node, differentiated op by op by autograd, which saves every intermediate;
-- eager:    the module (its autograd.Function: saves only x, backward = sympy derivative);
-- fused:    the same with `use_compiled_kernels()`: forward and backward each one kernel
-            (float32 on the CPU: our C kernels, `spaces.native`, where the form has one);
+- eager:    the module as it comes (its autograd.Function: saves only x, backward = sympy
+            derivative); float32 on the CPU: our C kernels (`spaces.native`), one fused
+            kernel each way, where the form has them and a compiler builds them;
+- eager_ops: (CPU float32) the same with EAFO_NATIVE_KERNELS=0: op by op, in place;
+- fused:    the module with `use_compiled_kernels()` (float32 on the CPU: the C kernels
+            again; elsewhere torch.compile's kernels);
 - fused_inductor: (CPU float32) the same with EAFO_NATIVE_KERNELS=0: torch.compile's kernels;
 - compiled: `torch.compile(module, fullgraph=True)` (the references: compiled nn.GELU/SiLU).
 
@@ -29,7 +32,7 @@ see them). Bytes saved for backward are counted with saved_tensors_hooks (distin
 storages), also in "inputs' worth" (bytes / x's bytes); coefficients are 0-dim (4 bytes each).
 
 Targets (pass/fail in the output): saved bytes = one input (the naive CRReLU makes 7
-saves, ~7 inputs' worth counted per save, 4 distinct buffers); eager and fused time <= 1.2x
+saves, ~7 inputs' worth counted per save, 4 distinct buffers); eager (and fused) time <= 1.2x
 nn.GELU; compiled time <= 1.2x compiled nn.GELU. Compiling (fused, compiled) costs
 ~5-20 s per variant on 2 CPU cores the first time (inductor caches it on disk after).
 Prints one JSON object (and a markdown table with --markdown).
@@ -172,16 +175,20 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
     out = []
     if "naive" in modes:
         out.append(Variant(name, "naive", lambda x: plain(x, **dict(zip(names, params))), params, formula))
+    cpu32 = device.type == "cpu" and dtype == torch.float32
     if "eager" in modes:
         out.append(Variant(name, "eager", mod, params, formula))
+        if cpu32 and ns["_native_kernels"]() is not None:
+            out[-1].kernels_kind = "c"
+    if "eager_ops" in modes and cpu32:
+        out.append(Variant(name, "eager_ops", mod, params, formula, env={"EAFO_NATIVE_KERNELS": "0"}))
     if "fused" in modes:
         ns["use_compiled_kernels"](True)
         fused = dict(ns["_KERNELS"])
         ns["use_compiled_kernels"](False)
         out.append(Variant(name, "fused", mod, params, formula, ns["_KERNELS"], fused))
-        c_kernels = device.type == "cpu" and dtype == torch.float32 and ns["_native_kernels"]() is not None
-        out[-1].kernels_kind = "c" if c_kernels else "torch.compile"
-    if "fused_inductor" in modes and device.type == "cpu" and dtype == torch.float32:
+        out[-1].kernels_kind = "c" if cpu32 and ns["_native_kernels"]() is not None else "torch.compile"
+    if "fused_inductor" in modes and cpu32:
         ns["use_compiled_kernels"](True)
         fused = dict(ns["_KERNELS"])
         ns["use_compiled_kernels"](False)
@@ -195,7 +202,7 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
 def reference_variants(modes, device, dtype) -> list[Variant]:
     out = []
     for name, m in (("nn.GELU", torch.nn.GELU()), ("nn.SiLU", torch.nn.SiLU())):
-        if modes & {"naive", "eager", "fused", "fused_inductor"}:
+        if modes & {"naive", "eager", "eager_ops", "fused", "fused_inductor"}:
             out.append(Variant(name, "eager", m, [], name))
         if "compiled" in modes:
             out.append(Variant(name, "compiled", torch.compile(m, fullgraph=True), [], name))
@@ -209,7 +216,8 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default=None,
                    help="tensor shape, e.g. 64x197x768 (default: that on CUDA, 16x197x768 on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (median taken)")
-    p.add_argument("--modes", default=None, help="comma list of naive,eager,fused,fused_inductor,compiled")
+    p.add_argument("--modes", default=None,
+                   help="comma list of naive,eager,eager_ops,fused,fused_inductor,compiled")
     p.add_argument("--quick", action="store_true", help="small tensor, few rounds, eager modes only")
     p.add_argument("--markdown", action="store_true", help="also print a markdown table")
     p.add_argument("--malloc", default="kept", choices=["kept", "default"],
@@ -224,16 +232,16 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     cuda = device.type == "cuda"
     if args.quick:
-        shape, repeats, modes = (2, 197, 768), args.repeats or 3, ["naive", "eager"]
+        shape, repeats, modes = (2, 197, 768), args.repeats or 3, ["naive", "eager", "eager_ops"]
     else:
         shape = (64, 197, 768) if cuda else (16, 197, 768)
-        repeats, modes = args.repeats or (15 if cuda else 7), ["naive", "eager", "fused", "fused_inductor",
-                                                               "compiled"]
+        repeats, modes = args.repeats or (15 if cuda else 7), ["naive", "eager", "eager_ops", "fused",
+                                                               "fused_inductor", "compiled"]
     if args.shape:
         shape = tuple(int(s) for s in args.shape.lower().split("x"))
     if args.modes:
         modes = [m.strip() for m in args.modes.split(",")]
-        bad = set(modes) - {"naive", "eager", "fused", "fused_inductor", "compiled"}
+        bad = set(modes) - {"naive", "eager", "eager_ops", "fused", "fused_inductor", "compiled"}
         if bad:
             print(f"error: unknown mode(s) {sorted(bad)}", file=sys.stderr)
             return 2
@@ -295,7 +303,7 @@ def main(argv=None) -> int:
         if e:
             # one input's worth, plus the 0-dim coefficients (a few bytes each)
             t["saved_one_input"] = x_bytes <= e["saved_bytes"] <= x_bytes + 64
-        for mode in ("eager", "fused", "fused_inductor", "compiled"):
+        for mode in ("eager", "eager_ops", "fused", "fused_inductor", "compiled"):
             r = by.get((name, mode))
             if r and r["ratio_vs_gelu"] is not None:
                 t[f"{mode}_le_{TARGET_RATIO}x_gelu"] = r["ratio_vs_gelu"] <= TARGET_RATIO

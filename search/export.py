@@ -6,9 +6,9 @@ writes `my_acts/<name>.py`, which imports only torch and the standard library an
 
 - `<name>(x, **coefficients, inplace=False)`: the formula as plain torch ops;
 - `<Class>Function`: a torch.autograd.Function that saves only its input (backward
-  is the sympy derivative) and `use_compiled_kernels()` to fuse it (float32 on the
-  CPU: the C kernels whose source the file holds, built by the system's C compiler on
-  first use; else torch.compile);
+  is the sympy derivative); float32 on the CPU, it runs the fused C kernels whose
+  source the file holds (built by the system's C compiler on first use), elsewhere
+  op by op, or fused by torch.compile after `use_compiled_kernels()`;
 - `<Class>`: the nn.Module (zero-argument constructible, `inplace=` accepted, one
   scalar nn.Parameter per learnable coefficient, the formula in its repr), ready
   for timm's `act_layer=`;

@@ -822,14 +822,15 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 
 {functions}
 
-# Kernels the autograd.Function calls. Eager, the *_eager forms (in-place ops: one
-# buffer reused along each expression). `use_compiled_kernels()` swaps in fused
-# versions: each becomes one elementwise kernel instead of one kernel per op, at a
-# one-off compile cost. Float32 on the CPU: the *_f32 forms (polynomial exp, erf, tanh
-# and sigmoid in multiply-adds, one exp shared by erf and the Gaussian terms) as our
-# own C (`_NATIVE_SOURCE`, built by the system's C compiler), or torch.compile'd where
-# a form has no C counterpart or no compiler works; other dtypes and devices:
-# torch.compile'd plain forms (C++ on CPU, Triton on CUDA). Under torch.compile of a
+# Kernels the autograd.Function calls. Float32 on the CPU: the *_f32 forms (polynomial
+# exp, erf, tanh and sigmoid in multiply-adds, one exp shared by erf and the Gaussian
+# terms) as our own C (`_NATIVE_SOURCE`, built by the system's C compiler on first use),
+# eager or not, one fused kernel each way. Elsewhere (or where a form has no C
+# counterpart, no compiler works, or EAFO_NATIVE_KERNELS=0), eager runs the *_eager
+# forms (in-place ops: one buffer reused along each expression), and
+# `use_compiled_kernels()` swaps in torch.compile'd versions at a one-off compile cost
+# (the *_f32 forms on the CPU in float32; the plain forms elsewhere: C++ on CPU,
+# Triton on CUDA). Under torch.compile of a
 # model, the plain forms are traced into its graph, except float32 on the CPU, whose
 # kernels run as two opaque ops (`_f32_fwd_op`, below). One op at a time, the exact
 # forms are cheaper.
@@ -866,9 +867,9 @@ def _compiled(f):
 
 
 def use_compiled_kernels(enabled=True):
-    """Fuse forward and backward into one kernel each: float32 on the CPU, our C kernels
-    (the first call builds them, ~0.2 s, cached on disk; torch.compile's where there are
-    none); else torch.compile (the first call compiles, other shapes may take more)."""
+    """Fuse forward and backward into one kernel each with torch.compile (the first call
+    compiles, other shapes may take more), where our C kernels do not already: float32 on
+    the CPU runs those whenever they build, with or without this switch."""
     if enabled:
         _KERNELS.update(fwd=_compiled(_PLAIN["fwd"]), bwd=_compiled(_PLAIN["bwd"]), **_F32_FUSED)
     else:
@@ -1010,11 +1011,17 @@ def _(x{op_call}, g):
 
 
 def _kernel(name, x):
-    """The forward or backward kernel for x: eager, compiled, or traced by torch.compile."""
+    """The forward or backward kernel for x: eager, compiled, or traced by torch.compile.
+    Eager, float32 on the CPU runs our C kernels wherever they build (they need no
+    compile step worth a switch: ~0.2 s once, cached on disk); else the in-place ops."""
     compiling = torch.compiler.is_compiling()
     if not (_KERNELS["compiled"] or compiling):
         # in place only where autograd records nothing (a backward under create_graph does)
-        return _PLAIN[name] if torch.is_grad_enabled() else _EAGER[name]
+        if torch.is_grad_enabled():
+            return _PLAIN[name]
+        if x.dtype == torch.float32 and x.device.type == "cpu" and _native_kernels() is not None:
+            return _F32_FUSED["f32_" + name]
+        return _EAGER[name]
     if x.dtype == torch.float32 and x.device.type == "cpu":
         if compiling:
             return _f32_fwd_op if name == "fwd" else _f32_bwd_op

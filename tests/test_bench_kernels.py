@@ -33,6 +33,8 @@ def test_quick_run_reports_saved_memory_and_ratios(bench, capsys):
         assert rows[(name, "naive")]["saved_inputs"] >= 3, name       # op-by-op autograd
         assert rows[(name, "eager")]["time_ms"] > 0
         assert rows[(name, "eager")]["page_faults_per_iteration"] >= 0
+        assert rows[(name, "eager")]["kernels"] == "c"                # float32 CPU: our C kernels
+        assert rows[(name, "eager_ops")]["saved_inputs"] == 1.0       # op by op, the same saves
     assert result["allocator"] == "default"
     assert result["cpu"]["model"] and result["cpu"]["inductor_vector_isa"]  # ratios depend on the CPU
     assert "-O3" in result["cpu"]["c_kernel_build"]  # and on how our C kernels were built

@@ -187,28 +187,40 @@ def test_without_a_compiler_fused_kernels_fall_back_to_torch_compile(tmp_path, m
     assert namespace("relu(x) + eps*x*exp(-x**2/2)")["_native_kernels"]() is None
 
 
-def test_module_with_c_kernels_trains_like_the_plain_module():
-    """End to end through the autograd.Function: use_compiled_kernels() on a float32 CPU
-    module runs the C kernels; outputs, input gradients and eps's gradient match the
-    plain module; a backward with create_graph=True (recorded, so the compiled kernels)
+@pytest.mark.parametrize("switch", [False, True], ids=["default", "use_compiled_kernels"])
+def test_module_runs_c_kernels_and_trains_like_the_op_by_op_module(switch, monkeypatch):
+    """End to end through the autograd.Function: a float32 CPU module runs the C kernels,
+    by default and after use_compiled_kernels() (inductor's kernels never compile); its
+    outputs, input gradients and eps's gradient match the op-by-op in-place kernels
+    (EAFO_NATIVE_KERNELS=0); a backward with create_graph=True (recorded, so op by op)
     matches too."""
     cls = candidate("relu(x) + eps*x*exp(-x**2/2)").module_class()
     ns = cls.forward.__globals__
-    plain, fused = cls(), cls()
+    plain, fast = cls(), cls()
     x1 = (torch.randn(8, 197, 64) * 2).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)
+    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
+    with torch.no_grad():
+        assert ns["_kernel"]("fwd", x1) is ns["_EAGER"]["fwd"]
     plain(x1).square().sum().backward()
-    ns["use_compiled_kernels"](True)
+    plain_eps = plain.eps.grad.item()
+    monkeypatch.delenv("EAFO_NATIVE_KERNELS")
+    ns["use_compiled_kernels"](switch)
     try:
         ns["_FUSED_F32"].clear()
-        fused(x2).square().sum().backward()
+        with torch.no_grad():
+            assert ns["_kernel"]("fwd", x2) is ns["_F32_FUSED"]["f32_fwd"]
+        y2 = fast(x2)
+        y2.square().sum().backward()
         assert not ns["_FUSED_F32"]  # the C kernels ran, not inductor's
-        assert math.isclose(fused.eps.grad.item(), plain.eps.grad.item(), rel_tol=1e-5)
+        assert math.isclose(fast.eps.grad.item(), plain_eps, rel_tol=1e-5)
         x3 = x1.detach().clone().requires_grad_(True)
-        (gx,) = torch.autograd.grad(fused(x3).sum(), x3, create_graph=True)
+        (gx,) = torch.autograd.grad(fast(x3).sum(), x3, create_graph=True)
         gx.sum().backward()
     finally:
         ns["use_compiled_kernels"](False)
+    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
+    torch.testing.assert_close(y2, plain(x1), atol=2e-6, rtol=2e-6)
     torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
     x4 = x1.detach().clone().requires_grad_(True)
     (gx4,) = torch.autograd.grad(plain(x4).sum(), x4, create_graph=True)
@@ -226,3 +238,23 @@ def test_kernel_source_is_none_only_for_unknown_nodes():
     assert native.source_literal(None) == "None"
     with pytest.raises(ValueError):
         native.source_literal('x = "a";')
+
+
+@pytest.mark.parametrize("flags", [["-march=native", "-mprefer-vector-width=512"], ["-march=native"], []],
+                         ids=["native-512", "native", "portable"])
+def test_every_fallback_build_gives_the_same_values(flags, tmp_path, monkeypatch):
+    """Each compiler command line the loader may fall back to (a CPU or compiler that
+    rejects the first) builds kernels with the float32 forms' values and gradients."""
+    monkeypatch.setenv("EAFO_KERNEL_CACHE", str(tmp_path))
+    ns = fresh_namespace("silu(x) + eps*(x**2 - 1)*exp(-x**2/2)", f"flags_{len(flags)}")
+    ns["_NATIVE_FLAGS"] = (flags,)
+    kernels = ns["_native_kernels"]()
+    assert kernels is not None
+    assert ns["_NATIVE"]["flags"][1 + len(ns["_NATIVE_BASE_FLAGS"]):] == flags  # compiler, base flags, these
+    x, eps = edge_points(), torch.tensor(0.3)
+    g = torch.randn_like(x)
+    plain = ns["_PLAIN"]
+    torch.testing.assert_close(ns["_run_native"](kernels, "fwd", x, eps), plain["f32_fwd"](x, eps),
+                               atol=1e-6, rtol=1e-6, equal_nan=True)
+    torch.testing.assert_close(ns["_run_native"](kernels, "bwd", x, eps, g)[0], plain["f32_bwd"](x, eps, g)[0],
+                               atol=1e-6, rtol=1e-5, equal_nan=True)
