@@ -1,7 +1,8 @@
 """What a generated activation costs in a training step, against nn.GELU.
 
     PYTHONPATH=. python bench/activation_in_training.py              # vit-nano, batch 128, CPU
-    PYTHONPATH=. python bench/activation_in_training.py --fused      # generated kernels fused
+    EAFO_NATIVE_KERNELS=0 PYTHONPATH=. python bench/activation_in_training.py   # op by op
+    PYTHONPATH=. python bench/activation_in_training.py --fused      # use_compiled_kernels()
     PYTHONPATH=. python bench/activation_in_training.py --model vit-tiny --device cuda --batch-size 256
 
 One optimizer step (forward, cross-entropy, backward, AdamW) of the same model
@@ -9,9 +10,10 @@ preset with nn.GELU and with generated modules (a plain base, CRReLU, the gelu
 correction), on one fixed random batch. Variants are interleaved, one step of each
 per round, and each figure is the median over rounds, so load from other
 processes hits all alike. Prints one JSON object with ms per step and the ratio
-to nn.GELU measured in the same run. With --fused, the generated modules run with
-`use_compiled_kernels()` (forward and backward each one compiled kernel; the
-first steps compile). On the CPU, glibc keeps freed buffers (`bench/allocator.py`),
+to nn.GELU measured in the same run. On the CPU in float32 the generated modules
+run our C kernels (forward and backward each one fused kernel) unless
+EAFO_NATIVE_KERNELS=0; with --fused they run with `use_compiled_kernels()` (the C
+kernels again where they run, else torch.compile's: the first steps compile). On the CPU, glibc keeps freed buffers (`bench/allocator.py`),
 so no variant pays page faults for memory another one handed back to the OS; the
 page faults per step that were left are reported.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -113,6 +116,9 @@ def main(argv=None) -> dict:
     out = {
         "model": args.model, "batch_size": args.batch_size, "image_size": size, "device": device.type,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "fused": args.fused,
+        # float32 CPU modules run our C kernels unless EAFO_NATIVE_KERNELS=0 (then op by op,
+        # or torch.compile's kernels with --fused)
+        "c_kernels": os.environ.get("EAFO_NATIVE_KERNELS", "1") != "0",
         "allocator": allocator,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}, "cpu": describe_cpu(),
         "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},
