@@ -830,10 +830,9 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 # forms (in-place ops: one buffer reused along each expression), and
 # `use_compiled_kernels()` swaps in torch.compile'd versions at a one-off compile cost
 # (the *_f32 forms on the CPU in float32; the plain forms elsewhere: C++ on CPU,
-# Triton on CUDA). Under torch.compile of a
-# model, the plain forms are traced into its graph, except float32 on the CPU, whose
-# kernels run as two opaque ops (`_f32_fwd_op`, below). One op at a time, the exact
-# forms are cheaper.
+# Triton on CUDA). Under torch.compile of a model, the plain forms are traced into its
+# graph, except float32 on the CPU, whose kernels run as two opaque ops (`_f32_fwd_op`,
+# below). One op at a time, the exact forms are cheaper.
 _PLAIN = {{"fwd": {prefix}_fwd, "bwd": {prefix}_bwd, "f32_fwd": {prefix}_f32_fwd, "f32_bwd": {prefix}_f32_bwd}}
 _EAGER = {{"fwd": {prefix}_eager_fwd, "bwd": {prefix}_eager_bwd}}
 _KERNELS = dict(_PLAIN, compiled=False)

@@ -60,7 +60,8 @@ def helpers_source() -> str:
 
 /* exp(a) for a <= 0: Cody-Waite reduction, a degree-4 polynomial, 2**n built in the
    exponent bits (the integer (n + 127) * 2**23, exact in float32). a < -88 gives 0.
-   NaN: n is NaN, its conversion gives INT32_MIN (x86's cvttps2dq), p * -0.0 is NaN. */
+   NaN: n is NaN, its conversion gives INT32_MIN on x86 (cvttps2dq; 0 on ARM), and
+   p, NaN too, times that scale is NaN. */
 static inline float eafo_exp_np(float a) {{
     a = a < -88.0f ? -88.0f : a;
     const float n = floorf(a * 1.4426950408889634f + 0.5f);
@@ -193,7 +194,7 @@ class CPrinter:
             return "0.0f"
         if isinstance(e, (sp.Max, sp.Min)):
             helper = "eafo_max" if isinstance(e, sp.Max) else "eafo_min"
-            # tensor-valued arguments first: a NaN in them is what must come through
+            # x-dependent arguments first: a NaN in them is what must come through
             args = sorted(e.args, key=lambda v: not v.free_symbols)
             out = self.doprint(args[0])
             for v in args[1:]:
@@ -347,7 +348,9 @@ def _load_native():
                 _build_native(compiler, flags, path)
             lib = ctypes.CDLL(path)
         except (OSError, subprocess.SubprocessError) as e:
-            errors.append(str(getattr(e, "stderr", b"") or e)[:200])
+            stderr = getattr(e, "stderr", None)
+            errors.append((stderr.decode(errors="replace") if isinstance(stderr, bytes) and stderr
+                           else str(e)).strip()[:200])
             continue
         fwd, bwd = lib.eafo_fwd, lib.eafo_bwd
         p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -357,8 +360,8 @@ def _load_native():
         return fwd, bwd
     import warnings
 
-    warnings.warn("eafo: no C kernels (" + "; ".join(errors) + "): fused float32 CPU kernels "
-                  "use torch.compile's", RuntimeWarning, stacklevel=3)
+    warnings.warn("eafo: no C kernels (" + "; ".join(errors) + "): float32 CPU kernels run op by "
+                  "op, or torch.compile's after use_compiled_kernels()", RuntimeWarning, stacklevel=3)
     return None
 
 
