@@ -360,7 +360,7 @@ def _load_native():
         return fwd, bwd
     import warnings
 
-    warnings.warn("eafo: no C kernels (" + "; ".join(errors) + "): float32 CPU kernels run op by "
+    warnings.warn("eafo: no C kernels (" + "; ".join(dict.fromkeys(errors)) + "): float32 CPU kernels run op by "
                   "op, or torch.compile's after use_compiled_kernels()", RuntimeWarning, stacklevel=3)
     return None
 
