@@ -1019,7 +1019,7 @@ def _kernel(name, x):
         if torch.is_grad_enabled():
             return _PLAIN[name]
         if x.dtype == torch.float32 and x.device.type == "cpu" and _native_kernels() is not None:
-            return _F32_FUSED["f32_" + name]
+            return _NATIVE_CALLS[name]
         return _EAGER[name]
     if x.dtype == torch.float32 and x.device.type == "cpu":
         if compiling:

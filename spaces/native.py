@@ -382,26 +382,31 @@ def _floats(coefficients):
 
 
 def _run_native(kernels, name, x, *args):
-    """_run_f32 with the C kernels: x (and g) as contiguous float32, coefficients as floats."""
+    """_run_f32 with the C kernels: x (and g) as contiguous float32, coefficients as floats.
+    (No autograd here: callers run it where nothing is recorded.)"""
     import ctypes
 
     fwd, bwd = kernels
-    xc = x.detach().contiguous()
+    xc = x.contiguous()
     n, threads = xc.numel(), torch.get_num_threads()
     if name.endswith("fwd"):
         out = torch.empty_like(xc)
         fwd(xc.data_ptr(), out.data_ptr(), n, _floats(args), threads)
         return out
     *coefficients, g = args
-    gc = g.detach().contiguous()
+    gc = g.contiguous()
     dx = torch.empty_like(xc)
     k = len(coefficients)
     scratch = torch.empty(max(1, -(-n // _NATIVE_BLOCK) * k), dtype=torch.float32)
     sums = (ctypes.c_double * max(1, k))()
     bwd(xc.data_ptr(), gc.data_ptr(), dx.data_ptr(), n, _floats(coefficients), scratch.data_ptr(),
         sums, threads)
-    return (dx, *[torch.tensor(s, dtype=torch.float32).reshape(c.shape).to(c.dtype)
-                  for s, c in zip(sums, coefficients)])
+    return (dx, *[c.new_full(c.shape, s) for s, c in zip(sums, coefficients)])
+
+
+# what the autograd.Function calls once _native_kernels() has loaded the library
+_NATIVE_CALLS = {{"fwd": lambda x, *args: _run_native(_NATIVE["kernels"], "fwd", x, *args),
+                 "bwd": lambda x, *args: _run_native(_NATIVE["kernels"], "bwd", x, *args)}}
 '''
 
 

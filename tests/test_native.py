@@ -209,7 +209,7 @@ def test_module_runs_c_kernels_and_trains_like_the_op_by_op_module(switch, monke
     try:
         ns["_FUSED_F32"].clear()
         with torch.no_grad():
-            assert ns["_kernel"]("fwd", x2) is ns["_F32_FUSED"]["f32_fwd"]
+            assert ns["_kernel"]("fwd", x2) in (ns["_NATIVE_CALLS"]["fwd"], ns["_F32_FUSED"]["f32_fwd"])
         y2 = fast(x2)
         y2.square().sum().backward()
         assert not ns["_FUSED_F32"]  # the C kernels ran, not inductor's
