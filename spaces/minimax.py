@@ -1,12 +1,14 @@
 """Minimax rational approximations on [0, c] (and exp's polynomial), for the fused
 float32 kernels.
 
-The fused float32 CPU kernels (`spaces.codegen`) evaluate tanh through two rationals
-fitted here (`python -m spaces.minimax` prints their coefficients again; a test re-runs
-both fits):
+The fused float32 CPU kernels (`spaces.codegen`) evaluate tanh and erf through
+rationals fitted here (`python -m spaces.minimax` prints their coefficients again; a
+test re-runs the fits):
 - forwards: tanh(u) ~ u * P(u**2) / Q(u**2), an odd rational (`odd=True`): relatively
   accurate near 0, a few multiply-adds and one division where the exp-based form costs
   an exp, a division and a sign;
+- erf(u) ~ u * P(u**2) / Q(u**2) the same way, for kernels that need no Gaussian
+  exp(-u**2) of their own (a gelu forward): no exp;
 - backwards whose sensitivity to tanh is free of x: 1 - tanh(a) ~ P(a) / Q(a), a = |u|
   (`odd=False`). It gives tanh' = T (2 - T) and tanh = 1 - T with no cancellation where
   tanh is near 1, which 1 - (odd rational)**2 suffers (7e-7 off in float32).
@@ -132,6 +134,13 @@ def exp_remainder_fit(degree: int = 4, iters: int = 30,
     return float(np.abs(err).max()), list(in_r)
 
 
+def erf(u: np.ndarray) -> np.ndarray:
+    """erf, from scipy (float64)."""
+    from scipy import special
+
+    return special.erf(u)
+
+
 def log1p_ratio(y: np.ndarray) -> np.ndarray:
     """log(1 + y) / y, 1 at y = 0: softplus(a) = max(a, 0) + y log1p_ratio(y) with
     y = exp(-|a|) in [0, 1], relatively accurate for tiny y."""
@@ -142,6 +151,7 @@ def log1p_ratio(y: np.ndarray) -> np.ndarray:
 
 # (name, f, c, m, n, odd): the fits spaces.codegen's constants come from
 FITS = (("tanh", np.tanh, 9.0, 5, 3, True),
+        ("erf", erf, 4.0, 6, 4, True),
         ("1 - tanh", tanh_complement, 9.0, 5, 7, False),
         ("log(1 + y)/y", log1p_ratio, 1.0, 2, 3, False))
 

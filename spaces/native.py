@@ -83,10 +83,11 @@ static inline float eafo_softplus(float a) {{
 /* max/min that keep a NaN of either argument, as torch.maximum/clamp do */
 static inline float eafo_max(float a, float b) {{ return (a > b || a != a) ? a : b; }}
 static inline float eafo_min(float a, float b) {{ return (a < b || a != a) ? a : b; }}
-/* where(x < 0, -y, y): y >= 0 with the sign of x */
-static inline float eafo_with_sign_of(float y, float x) {{ return x < 0.0f ? -y : y; }}
-/* min(r, 1) with NaN kept */
-static inline float eafo_at_most_one(float r) {{ return r > 1.0f ? 1.0f : r; }}
+/* y >= 0 with the sign of x: one bit operation (torch's form, where(x < 0, -y, y),
+   takes three here). For x = -0.0 it gives -y: an odd function's -0 stays -0. */
+static inline float eafo_with_sign_of(float y, float x) {{ return copysignf(y, x); }}
+/* min(a, c), NaN kept: a compare and a blend */
+static inline float eafo_at_most(float a, float c) {{ return a > c ? c : a; }}
 /* torch.sign: 1, -1, else 0 (for 0, -0 and NaN alike) */
 static inline float eafo_sign(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : 0.0f); }}
 """
@@ -161,7 +162,7 @@ class CPrinter:
         raise self.Unsupported(f"condition {type(c).__name__}")
 
     def _function(self, e) -> str:
-        from spaces.codegen import at_most_one, exp_nonpositive, softplus_float32, where_positive, with_sign_of
+        from spaces.codegen import at_most, exp_nonpositive, softplus_float32, where_positive, with_sign_of
 
         if isinstance(e, sp.Piecewise):
             if e.args[-1].cond is not sp.true:
@@ -180,8 +181,8 @@ class CPrinter:
         if isinstance(e, where_positive):  # r + k > 0 as r > -k, as the torch printer does
             shift, rest = e.args[0].as_independent(*e.args[0].free_symbols, as_Add=True)
             return f"({self.doprint(rest)} > {_c_float(-shift)} ? {a[1]} : {a[2]})"
-        if isinstance(e, at_most_one):
-            return f"eafo_at_most_one({a[0]})"
+        if isinstance(e, at_most):
+            return f"eafo_at_most({a[0]}, {_c_float(e.args[1])})"
         if isinstance(e, sp.Abs):
             return f"fabsf({a[0]})"
         if isinstance(e, sp.sign):
