@@ -14,10 +14,10 @@ Modes, each timed as y = act(x); autograd.grad(y, [x, *coefficients], g):
 - eager:    the module as it comes (its autograd.Function: saves only x, backward = sympy
             derivative); float32 on the CPU: our C kernels (`spaces.native`), one fused
             kernel each way, where the form has them and a compiler builds them;
-- eager_ops: (CPU float32) the same with EAFO_NATIVE_KERNELS=0: op by op, in place;
+- eager_ops: (CPU float32) the same after use_native_kernels(False): op by op, in place;
 - fused:    the module with `use_compiled_kernels()` (float32 on the CPU: the C kernels
             again; elsewhere torch.compile's kernels);
-- fused_inductor: (CPU float32) the same with EAFO_NATIVE_KERNELS=0: torch.compile's kernels;
+- fused_inductor: (CPU float32) the same after use_native_kernels(False): torch.compile's kernels;
 - compiled: `torch.compile(module, fullgraph=True)` (the references: compiled nn.GELU/SiLU).
 
 Every time is a ratio against nn.GELU measured in the same run, in the same mode family
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -122,9 +121,10 @@ class Variant:
     generated module's `_KERNELS` table only while this variant runs (the eager and
     compiled variants of the same class must keep seeing the plain kernels)."""
 
-    def __init__(self, name, mode, fn, params, formula, table=None, kernels=None, env=None):
+    def __init__(self, name, mode, fn, params, formula, table=None, kernels=None, native_off=None):
         self.name, self.mode, self.fn, self.params, self.formula = name, mode, fn, params, formula
-        self.table, self.kernels, self.env = table, kernels, env or {}
+        self.table, self.kernels = table, kernels
+        self.native_off = native_off  # the generated module's use_native_kernels, to switch off
         self.times: list[float] = []
         self.faults: list[float] = []  # page faults per iteration, one entry per sample
         self.warmup_s = None
@@ -133,8 +133,8 @@ class Variant:
 
     @contextmanager
     def active(self):
-        before = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
+        if self.native_off is not None:
+            self.native_off(False)
         plain = dict(self.table) if self.kernels is not None else None
         if plain is not None:
             self.table.update(self.kernels)
@@ -143,11 +143,8 @@ class Variant:
         finally:
             if plain is not None:
                 self.table.update(plain)
-            for k, v in before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            if self.native_off is not None:
+                self.native_off(True)
 
     def run(self, x, g, n: int, sync) -> float:
         with self.active():
@@ -182,7 +179,7 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
         if cpu32 and ns["_native_kernels"]() is not None:
             out[-1].kernels_kind = "c"
     if "eager_ops" in modes and cpu32:
-        out.append(Variant(name, "eager_ops", mod, params, formula, env={"EAFO_NATIVE_KERNELS": "0"}))
+        out.append(Variant(name, "eager_ops", mod, params, formula, native_off=ns["use_native_kernels"]))
     if "fused" in modes:
         ns["use_compiled_kernels"](True)
         fused = dict(ns["_KERNELS"])
@@ -194,7 +191,7 @@ def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[
         fused = dict(ns["_KERNELS"])
         ns["use_compiled_kernels"](False)
         out.append(Variant(name, "fused_inductor", mod, params, formula, ns["_KERNELS"], fused,
-                           env={"EAFO_NATIVE_KERNELS": "0"}))
+                           native_off=ns["use_native_kernels"]))
     if "compiled" in modes:
         out.append(Variant(name, "compiled", torch.compile(mod, fullgraph=True), params, formula))
     return out

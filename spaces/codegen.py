@@ -355,7 +355,8 @@ _KERNEL_NAMES = frozenset({"x", "g", "torch", "F", "math"})
 _METHOD_NAMES = _KERNEL_NAMES | {"xc", "gc", "low", "grads", "coefficients", "ctx", "inputs",
                                  "output", "self", "inplace", "enabled", "float", "tuple", "super",
                                  "training"}
-_MODULE_GLOBALS = frozenset({"math", "torch", "F", "FORMULA", "COEFFICIENTS", "use_compiled_kernels"})
+_MODULE_GLOBALS = frozenset({"math", "torch", "F", "FORMULA", "COEFFICIENTS", "use_compiled_kernels",
+                             "use_native_kernels"})
 # (the module's other globals, _PLAIN, _EAGER, _KERNELS, _kernel and the _<name>_* kernels,
 # start with an underscore, which check_name refuses in any user-given name)
 
@@ -1049,7 +1050,8 @@ def _kernel(name, x):
         # in place only where autograd records nothing (a backward under create_graph does)
         if torch.is_grad_enabled():
             return _PLAIN[name]
-        if x.dtype == torch.float32 and x.device.type == "cpu" and _native_kernels() is not None:
+        # (x.is_cpu, not x.device.type: a device object per call costs ~15 us cold)
+        if x.dtype == torch.float32 and x.is_cpu and _native_kernels() is not None:
             return _NATIVE_CALLS[name]
         return _EAGER[name]
     if x.dtype == torch.float32 and x.device.type == "cpu":
@@ -1069,11 +1071,14 @@ class {class_name}Function(torch.autograd.Function):
 
     # forward(ctx, ...) rather than forward + setup_context: on 2 CPU cores the latter
     # cost ~50 us more per call, 0.2-0.35 ms per forward+backward of a 16x197x768 tensor
+    # (no .to() where the dtype is already x's: each step between two kernels that
+    # stream the tensor runs on cold caches, ~45 us for a no-op .to() at 16x197x768)
     @staticmethod
     def forward(ctx, x{coef_args}):
         ctx.save_for_backward(x{coef_args})
         xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return _kernel("fwd", xc)(xc{coef_args}).to(x.dtype)
+        _y = _kernel("fwd", xc)(xc{coef_args})
+        return _y if _y.dtype == x.dtype else _y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -1081,8 +1086,8 @@ class {class_name}Function(torch.autograd.Function):
         low = x.dtype in (torch.float16, torch.bfloat16)
         xc = x.float() if low else x
         gc = g.float() if low else g
-        grads = _kernel("bwd", xc)(xc, *coefficients, gc)
-        return (grads[0].to(x.dtype),) + tuple(grads[1:])
+        _dx, *_dc = _kernel("bwd", xc)(xc, *coefficients, gc)
+        return (_dx if _dx.dtype == x.dtype else _dx.to(x.dtype), *_dc)
 
 
 class {class_name}(torch.nn.Module):
@@ -1127,7 +1132,7 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
     return MODULE_TEMPLATE.format(
         docstring=_docstring_literal(docstring),
         all_names=", ".join(repr(s) for s in (func_name, class_name, f"{class_name}Function",
-                                               "use_compiled_kernels")),
+                                               "use_compiled_kernels", "use_native_kernels")),
         formula_literal=repr(formula),
         coefficients_literal=repr(inits),
         exp_helper=EXP_NONPOSITIVE_SOURCE,

@@ -56,6 +56,7 @@ def helpers_source() -> str:
     return f"""\
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* exp(a) for a <= 0: Cody-Waite reduction, a degree-4 polynomial, 2**n built in the
@@ -227,10 +228,11 @@ def kernel_source(expr: sp.Expr, derivs: list[sp.Expr], coefficients: list[sp.Sy
     and `derivs` (d/dx, then d/dc per coefficient), or None where a node has no C form.
 
     void eafo_fwd(const float *x, float *out, int64_t n, const float *c, int threads)
-    void eafo_bwd(const float *x, const float *g, float *dx, int64_t n, const float *c,
-                  float *block_sums, double *dc, int threads)
-    block_sums: scratch for ceil(n / BLOCK) * len(coefficients) floats; dc: zeros in, one
-    sum of g * df/dc per coefficient out (blocks added in order).
+    int eafo_bwd(const float *x, const float *g, float *dx, int64_t n, const float *c,
+                 float *dc, int threads)
+    c: the coefficients' values; dc: one sum of g * df/dc per coefficient out, summed per
+    block in float and over the blocks, in order, in double (block sums in memory of its
+    own: eafo_bwd returns 1 where that allocation fails, else 0).
     """
     k = len(coefficients)
     rename = {s: sp.Symbol(f"_c{i}", real=True) for i, s in enumerate(coefficients)}
@@ -246,7 +248,9 @@ def kernel_source(expr: sp.Expr, derivs: list[sp.Expr], coefficients: list[sp.Sy
     reduction = f" reduction(+:{', '.join(f's{i}' for i in range(k))})" if k else ""
     accumulate = "".join(f"{ind}s{i} += gi * {d};\n" for i, d in enumerate(printed[1:]))
     store = "".join(f"        block_sums[b * {k} + {i}] = s{i};\n" for i in range(k))
-    total = "".join(f"        dc[{i}] += block_sums[b * {k} + {i}];\n" for i in range(k))
+    total = "".join(f"        dc{i} += block_sums[b * {k} + {i}];\n" for i in range(k))
+    totals = "".join(f"    double dc{i} = 0.0;\n" for i in range(k))
+    results = "".join(f"    dc[{i}] = (float)dc{i};\n" for i in range(k))
     nl = "\n"
     return f"""{helpers_source()}
 #define EAFO_BLOCK {BLOCK}
@@ -266,10 +270,12 @@ void eafo_fwd(const float *restrict xs, float *restrict out, int64_t n, const fl
     }}
 }}
 
-void eafo_bwd(const float *restrict xs, const float *restrict gs, float *restrict dx, int64_t n,
-              const float *c, float *restrict block_sums, double *dc, int threads) {{
-    (void)c; (void)block_sums; (void)dc;
+int eafo_bwd(const float *restrict xs, const float *restrict gs, float *restrict dx, int64_t n,
+             const float *c, float *dc, int threads) {{
+    (void)c; (void)dc;
 {coefs}    const int64_t blocks = (n + EAFO_BLOCK - 1) / EAFO_BLOCK;
+    float *restrict block_sums = malloc(sizeof(float) * (size_t)(blocks * {k} + 1));
+    if (!block_sums) return 1;
     #pragma omp parallel for num_threads(threads) schedule(static) if(blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {{
         const int64_t end = (b + 1) * EAFO_BLOCK < n ? (b + 1) * EAFO_BLOCK : n;
@@ -282,8 +288,10 @@ void eafo_bwd(const float *restrict xs, const float *restrict gs, float *restric
             dx[i] = gi * {printed[0]};
 {accumulate}        }}
 {store}    }}
-    for (int64_t b = 0; b < blocks{"" if k else " && 0"}; b++) {{
+{totals}    for (int64_t b = 0; b < blocks{"" if k else " && 0"}; b++) {{
 {total}    }}
+{results}    free(block_sums);
+    return 0;
 }}
 """
 
@@ -294,7 +302,6 @@ void eafo_bwd(const float *restrict xs, const float *restrict gs, float *restric
 NATIVE_LOADER_SOURCE = f'''
 import os as _os
 
-_NATIVE_BLOCK = {BLOCK}  # elements per block in the C kernels (spaces.native.BLOCK)
 _NATIVE = {{}}
 # Tried in order: vectors as wide as the CPU has (on a 2-vCPU AVX-512 Xeon, 512-bit
 # vectors ran CRReLU's forward+backward in 0.76x the time of 256-bit ones), then the
@@ -356,7 +363,7 @@ def _load_native():
         fwd, bwd = lib.eafo_fwd, lib.eafo_bwd
         p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         fwd.argtypes, fwd.restype = [p, p, n, p, i], None
-        bwd.argtypes, bwd.restype = [p, p, p, n, p, p, p, i], None
+        bwd.argtypes, bwd.restype = [p, p, p, n, p, p, i], ctypes.c_int
         _NATIVE["flags"] = [compiler, *_NATIVE_BASE_FLAGS, *flags]  # what built it (benchmarks report it)
         return fwd, bwd
     import warnings
@@ -366,43 +373,65 @@ def _load_native():
     return None
 
 
+def use_native_kernels(enabled=True):
+    """Run float32 CPU kernels as our C kernels (the default) or not: then op by op, or
+    torch.compile's after use_compiled_kernels(). EAFO_NATIVE_KERNELS=0 in the
+    environment, read once when a kernel first runs, starts with them off."""
+    _NATIVE["enabled"] = bool(enabled)
+
+
 def _native_kernels():
     """(forward, backward) C kernels for this CPU, or None: no C form (_NATIVE_SOURCE is
-    None), EAFO_NATIVE_KERNELS=0, or no compiler that builds it (a warning says why)."""
-    if _NATIVE_SOURCE is None or _os.environ.get("EAFO_NATIVE_KERNELS", "1") == "0":
+    None), switched off (use_native_kernels), or no compiler that builds it (a warning
+    says why). Called on every kernel call: dict lookups only (reading os.environ each
+    time cost ~13 us between two cold kernels)."""
+    enabled = _NATIVE.get("enabled")
+    if enabled is None:
+        enabled = _NATIVE["enabled"] = _os.environ.get("EAFO_NATIVE_KERNELS", "1") != "0"
+    if not enabled or _NATIVE_SOURCE is None:
         return None
-    if "kernels" not in _NATIVE:
-        _NATIVE["kernels"] = _load_native()
-    return _NATIVE["kernels"]
+    kernels = _NATIVE.get("kernels", False)
+    if kernels is False:
+        kernels = _NATIVE["kernels"] = _load_native()
+    return kernels
 
 
-def _floats(coefficients):
+def _coefficient_values(coefficients):
+    """What the kernels' `const float *c` points at: a lone float32 coefficient's own
+    storage (no copy, no dispatch), else a ctypes array of the values (None for none)."""
+    if len(coefficients) == 1:
+        (c,) = coefficients
+        if isinstance(c, torch.Tensor) and c.dtype == torch.float32 and c.is_cpu:
+            return c.data_ptr()
+    if not coefficients:
+        return None
     import ctypes
 
-    return (ctypes.c_float * max(1, len(coefficients)))(*[float(c) for c in coefficients])
+    return (ctypes.c_float * len(coefficients))(*[float(c) for c in coefficients])
 
 
 def _run_native(kernels, name, x, *args):
     """_run_f32 with the C kernels: x (and g) as contiguous float32, coefficients as floats.
-    (No autograd here: callers run it where nothing is recorded.)"""
-    import ctypes
-
+    (No autograd here: callers run it where nothing is recorded.) Lean on purpose: after a
+    kernel has streamed tens of MB through the caches, each Python step between kernels
+    runs cold (a no-op .to() took 45 us there, 5 us on a small tensor)."""
     fwd, bwd = kernels
-    xc = x.contiguous()
+    xc = x if x.is_contiguous() else x.contiguous()
     n, threads = xc.numel(), torch.get_num_threads()
     if name.endswith("fwd"):
         out = torch.empty_like(xc)
-        fwd(xc.data_ptr(), out.data_ptr(), n, _floats(args), threads)
+        fwd(xc.data_ptr(), out.data_ptr(), n, _coefficient_values(args), threads)
         return out
     *coefficients, g = args
-    gc = g.contiguous()
+    gc = g if g.is_contiguous() else g.contiguous()
     dx = torch.empty_like(xc)
     k = len(coefficients)
-    scratch = torch.empty(max(1, -(-n // _NATIVE_BLOCK) * k), dtype=torch.float32)
-    sums = (ctypes.c_double * max(1, k))()
-    bwd(xc.data_ptr(), gc.data_ptr(), dx.data_ptr(), n, _floats(coefficients), scratch.data_ptr(),
-        sums, threads)
-    return (dx, *[c.new_full(c.shape, s) for s, c in zip(sums, coefficients)])
+    dc = torch.empty(() if k == 1 else (k,), dtype=torch.float32) if k else None
+    if bwd(xc.data_ptr(), gc.data_ptr(), dx.data_ptr(), n, _coefficient_values(coefficients),
+           None if dc is None else dc.data_ptr(), threads):
+        raise MemoryError("eafo: no memory for the C backward's block sums")
+    grads = () if dc is None else (dc,) if k == 1 else dc.unbind()
+    return (dx, *[d if d.dtype == c.dtype else d.to(c.dtype) for d, c in zip(grads, coefficients)])
 
 
 # what the autograd.Function calls once _native_kernels() has loaded the library

@@ -138,16 +138,16 @@ def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, tr
     """Under torch.compile(fullgraph=True), a float32 CPU module's forward and backward
     are the generated module's two custom ops, which run its own fused float32 kernels
     (FMA-contracted, which a model's graph is not): our C kernels, or with
-    EAFO_NATIVE_KERNELS=0 the ops' compiled kernels; the values and gradients match
+    use_native_kernels(False) the ops' compiled kernels; the values and gradients match
     eager. "x" checks the backward op's output is not the incoming gradient itself
     (custom ops may not alias inputs); a transposed input after another shape (a
     dynamic-shape graph checks strides), that the ops lay their outputs out as their
     fake kernels promise (empty_like(x))."""
-    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "1" if native else "0")
     has_beta = "beta" in formula
     c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
     cls = c.module_class()
     ns = cls.forward.__globals__
+    monkeypatch.setitem(ns["_NATIVE"], "enabled", native)  # use_native_kernels(native), undone after
     ns["_FUSED_F32"].clear()
     eager, comp = cls(), cls()
     compiled = torch.compile(comp, fullgraph=True)
@@ -201,15 +201,15 @@ def test_fused_float32_kernels_take_the_sign_by_a_select_and_256_bit_vectors_ove
 
 @pytest.mark.parametrize("formula", ["x", "beta*gelu(x) + (1 - beta)*tanh(x)"])
 def test_fused_float32_kernels_match_plain_kernels_for_any_layout_and_batch_size(formula, monkeypatch):
-    """The compiled fused float32 CPU kernels (EAFO_NATIVE_KERNELS=0; run over rows) give
+    """The compiled fused float32 CPU kernels (use_native_kernels(False); run over rows) give
     the plain float32 forms' values and gradients for contiguous, transposed and sliced
     inputs and gradients, and for ten batch sizes without a recompilation each
     (fullgraph=True would fail past 8). Where f' = 1 the backward hands back g itself, as
     the plain form does. (The C kernels: tests/test_native.py.)"""
-    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
     has_beta = "beta" in formula
     c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
     ns = c.module_class().forward.__globals__
+    monkeypatch.setitem(ns["_NATIVE"], "enabled", False)  # use_native_kernels(False), undone after
     coefs = [torch.tensor(0.7)] if has_beta else []
     run, plain = ns["_run_f32"], ns["_PLAIN"]
     xs = [torch.randn(b, 20, 64) * 3 for b in range(1, 11)]

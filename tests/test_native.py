@@ -2,6 +2,7 @@
 forms they are printed from and against float64; caching, fallbacks, thread counts."""
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -149,11 +150,11 @@ def test_c_source_holds_no_user_text_and_only_known_tokens():
     words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", code))
     allowed = {"include", "math", "h", "stdint", "string", "static", "inline", "float", "const", "int32_t",
                "int64_t", "int", "double", "void", "return", "for", "if", "memcpy", "sizeof", "floorf",
-               "fabsf", "copysignf", "sqrtf", "restrict", "pragma", "omp", "simd", "parallel", "num_threads", "schedule",
+               "fabsf", "copysignf", "sqrtf", "restrict", "stdlib", "malloc", "free", "size_t", "pragma", "omp", "simd", "parallel", "num_threads", "schedule",
                "reduction", "define", "x", "a", "b", "c", "n", "r", "p", "y", "i", "b", "g", "gi", "xs", "gs",
                "dx", "dc", "out", "end", "bits", "scale", "blocks", "threads", "block_sums", "f", "e"}
     unexpected = {w for w in words if w not in allowed and not re.fullmatch(
-        r"(eafo_\w+|EAFO_BLOCK|[ct]\d+|s\d+|\d*e?f?)", w) and w != "static"}
+        r"(eafo_\w+|EAFO_BLOCK|[ct]\d+|s\d+|dc\d+|\d*e?f?)", w) and w != "static"}
     assert not unexpected, unexpected
 
 
@@ -173,8 +174,9 @@ def test_library_is_built_once_and_reused_from_the_disk_cache(tmp_path, monkeypa
 
 def test_without_a_compiler_fused_kernels_fall_back_to_torch_compile(tmp_path, monkeypatch):
     """No working C compiler: one RuntimeWarning that says so, and use_compiled_kernels()
-    still fuses (inductor's kernels), with the same values; EAFO_NATIVE_KERNELS=0 picks
-    inductor's kernels without trying."""
+    still fuses (inductor's kernels), with the same values. EAFO_NATIVE_KERNELS=0, read
+    once when a module first runs a kernel, starts it with the C kernels off (nothing
+    tried, no warning)."""
     monkeypatch.setenv("EAFO_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     ns = fresh_namespace("relu(x) + eps*x*exp(-x**2/2)", "no_compiler")
@@ -184,27 +186,51 @@ def test_without_a_compiler_fused_kernels_fall_back_to_torch_compile(tmp_path, m
     torch.testing.assert_close(ns["_run_f32"]("fwd", x, eps), ns["_PLAIN"]["f32_fwd"](x, eps), atol=1e-6, rtol=1e-6)
     assert set(ns["_FUSED_F32"]) == {"fwd"}
     monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
-    assert namespace("relu(x) + eps*x*exp(-x**2/2)")["_native_kernels"]() is None
+    off = fresh_namespace("relu(x) + eps*x*exp(-x**2/2)", "switched_off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is tried, so nothing warns
+        assert off["_native_kernels"]() is None
+    monkeypatch.delenv("EAFO_NATIVE_KERNELS")
+    assert off["_native_kernels"]() is None  # the variable is read once
+    off["use_native_kernels"](True)
+    assert off["_NATIVE"]["enabled"] is True
+
+
+def test_use_native_kernels_switches_them_off_and_on():
+    """use_native_kernels(False) sends eager float32 CPU calls to the in-place ops,
+    use_native_kernels(True) back to the C kernels."""
+    ns = namespace("relu(x) + eps*x*exp(-x**2/2)")
+    x = torch.randn(4, 64)
+    ns["use_native_kernels"](False)
+    try:
+        with torch.no_grad():
+            assert ns["_kernel"]("fwd", x) is ns["_EAGER"]["fwd"]
+    finally:
+        ns["use_native_kernels"](True)
+    with torch.no_grad():
+        assert ns["_kernel"]("fwd", x) is ns["_NATIVE_CALLS"]["fwd"]
 
 
 @pytest.mark.parametrize("switch", [False, True], ids=["default", "use_compiled_kernels"])
-def test_module_runs_c_kernels_and_trains_like_the_op_by_op_module(switch, monkeypatch):
+def test_module_runs_c_kernels_and_trains_like_the_op_by_op_module(switch):
     """End to end through the autograd.Function: a float32 CPU module runs the C kernels,
     by default and after use_compiled_kernels() (inductor's kernels never compile); its
     outputs, input gradients and eps's gradient match the op-by-op in-place kernels
-    (EAFO_NATIVE_KERNELS=0); a backward with create_graph=True (recorded, so op by op)
-    matches too."""
+    (use_native_kernels(False)); a backward with create_graph=True (recorded, so op by
+    op) matches too."""
     cls = candidate("relu(x) + eps*x*exp(-x**2/2)").module_class()
     ns = cls.forward.__globals__
     plain, fast = cls(), cls()
     x1 = (torch.randn(8, 197, 64) * 2).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)
-    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
-    with torch.no_grad():
-        assert ns["_kernel"]("fwd", x1) is ns["_EAGER"]["fwd"]
-    plain(x1).square().sum().backward()
+    ns["use_native_kernels"](False)
+    try:
+        with torch.no_grad():
+            assert ns["_kernel"]("fwd", x1) is ns["_EAGER"]["fwd"]
+        plain(x1).square().sum().backward()
+    finally:
+        ns["use_native_kernels"](True)
     plain_eps = plain.eps.grad.item()
-    monkeypatch.delenv("EAFO_NATIVE_KERNELS")
     ns["use_compiled_kernels"](switch)
     try:
         ns["_FUSED_F32"].clear()
@@ -219,12 +245,15 @@ def test_module_runs_c_kernels_and_trains_like_the_op_by_op_module(switch, monke
         gx.sum().backward()
     finally:
         ns["use_compiled_kernels"](False)
-    monkeypatch.setenv("EAFO_NATIVE_KERNELS", "0")
-    torch.testing.assert_close(y2, plain(x1), atol=2e-6, rtol=2e-6)
-    torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
-    x4 = x1.detach().clone().requires_grad_(True)
-    (gx4,) = torch.autograd.grad(plain(x4).sum(), x4, create_graph=True)
-    gx4.sum().backward()
+    ns["use_native_kernels"](False)
+    try:
+        torch.testing.assert_close(y2, plain(x1), atol=2e-6, rtol=2e-6)
+        torch.testing.assert_close(x2.grad, x1.grad, atol=2e-6, rtol=2e-6)
+        x4 = x1.detach().clone().requires_grad_(True)
+        (gx4,) = torch.autograd.grad(plain(x4).sum(), x4, create_graph=True)
+        gx4.sum().backward()
+    finally:
+        ns["use_native_kernels"](True)
     torch.testing.assert_close(x3.grad, x4.grad, atol=2e-6, rtol=2e-6)
 
 
