@@ -1043,22 +1043,22 @@ def _(x{op_call}, g):
 
 def _kernel(name, x):
     """The forward or backward kernel for x: eager, compiled, or traced by torch.compile.
-    Eager, float32 on the CPU runs our C kernels wherever they build (they need no
-    compile step worth a switch: ~0.2 s once, cached on disk); else the in-place ops."""
+    Float32 on the CPU runs our C kernels wherever they build, with or without
+    use_compiled_kernels() (they need no compile step worth a switch: ~0.2 s once, cached
+    on disk), except where autograd records the kernel (a backward with
+    create_graph=True); else the in-place ops, or the compiled kernels once switched on."""
     compiling = torch.compiler.is_compiling()
-    if not (_KERNELS["compiled"] or compiling):
-        # in place only where autograd records nothing (a backward under create_graph does)
-        if torch.is_grad_enabled():
-            return _PLAIN[name]
-        # (x.is_cpu, not x.device.type: a device object per call costs ~15 us cold)
-        if x.dtype == torch.float32 and x.is_cpu and _native_kernels() is not None:
-            return _NATIVE_CALLS[name]
-        return _EAGER[name]
-    if x.dtype == torch.float32 and x.device.type == "cpu":
-        if compiling:
+    if compiling:
+        if x.dtype == torch.float32 and x.is_cpu:
             return _f32_fwd_op if name == "fwd" else _f32_bwd_op
-        return _KERNELS["f32_" + name]
-    return _KERNELS[name]
+        return _KERNELS[name]
+    recording = torch.is_grad_enabled()
+    # (x.is_cpu, not x.device.type: a device object per call costs ~15 us cold)
+    if not recording and x.dtype == torch.float32 and x.is_cpu and _native_kernels() is not None:
+        return _NATIVE_CALLS[name]
+    if not _KERNELS["compiled"]:
+        return _PLAIN[name] if recording else _EAGER[name]  # in place only where nothing records
+    return _KERNELS["f32_" + name] if x.dtype == torch.float32 and x.is_cpu else _KERNELS[name]
 
 
 def {func_name}(x, {coef_kwargs}inplace=False):
