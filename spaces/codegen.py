@@ -855,10 +855,10 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 {functions}
 
 # Kernels the autograd.Function calls. Float32 on the CPU: the *_f32 forms (polynomial
-# exp, erf, tanh and sigmoid in multiply-adds, one exp shared by erf and the Gaussian
-# terms) as our own C (`_NATIVE_SOURCE`, built by the system's C compiler on first use),
-# eager or not, one fused kernel each way. Elsewhere (or where a form has no C
-# counterpart, no compiler works, or EAFO_NATIVE_KERNELS=0), eager runs the *_eager
+# exp, erf, tanh and sigmoid in multiply-adds; erf shares its exp with the Gaussian
+# terms where there are some) as our own C (`_NATIVE_SOURCE`, built by the system's C
+# compiler on first use), eager or not, one fused kernel each way. Elsewhere (or where a form has no C
+# counterpart, no compiler works, or use_native_kernels(False)), eager runs the *_eager
 # forms (in-place ops: one buffer reused along each expression), and
 # `use_compiled_kernels()` swaps in torch.compile'd versions at a one-off compile cost
 # (the *_f32 forms on the CPU in float32; the plain forms elsewhere: C++ on CPU,
