@@ -409,17 +409,17 @@ def _shared_form(e: sp.Expr) -> sp.Expr:
 #   sign(u) * (1 - t*P(t) * exp(-u**2)), t = 1/(1 + p|u|), |error| <= 1.5e-7; sympy.cse
 #   computes that exp once for both.
 # - erf(u) elsewhere (a gelu forward, the gelu-tanh mix's) is an odd minimax rational
-#   like tanh's: sign(u) |u| P(u**2)/Q(u**2), exactly 1 in size beyond |u| = 4 or
-#   wherever rounding would pass 1 (`_ERF_RATIONAL`, within 5.4e-8 of erf): no exp. On
-#   a 2-vCPU AVX-512 Xeon the gelu forward kernel took 0.74x the time of the A&S form
-#   (0.53 against 0.72 ms, 16x197x768), the mix's 0.8x. It is less accurate than A&S
-#   with torch's ops (1.2e-6 against 4.6e-7 off for gelu on [-10, 10]: the rational's
-#   own float32 rounding, a few ulp), as accurate as float32 torch's F.gelu there
-#   (1.15e-6 on an AVX-512 Xeon); tested.
-# - tanh(u) alone (a forward) is an odd minimax rational: sign(u) |u| P(u**2)/Q(u**2),
-#   exactly 1 in size beyond |u| = 9 or wherever rounding would pass 1
-#   (`_tanh_float32`): no exp; the gelu-tanh mix's forward kernel takes ~0.87x the
-#   time of the exp form. Within 3.7e-7 of tanh in float32 (rounding, not the fit).
+#   like tanh's: sign(u) a P(a**2)/Q(a**2), a = |u| clamped to 4.2, exactly 1 in size
+#   from there on and wherever rounding would pass 1 (`_ERF_RATIONAL`, within 5.4e-8
+#   of erf): no exp. On a 2-vCPU AVX-512 Xeon the gelu forward kernel took 0.74x the
+#   time of the A&S form (0.53 against 0.72 ms, 16x197x768), the mix's 0.8x. It is
+#   less accurate than A&S with torch's ops (1.2e-6 against 4.6e-7 off for gelu on
+#   [-10, 10]: the rational's own float32 rounding, a few ulp), as accurate as float32
+#   torch's F.gelu there (1.15e-6 on that Xeon); tested.
+# - tanh(u) alone (a forward) is an odd minimax rational: sign(u) a P(a**2)/Q(a**2),
+#   a = |u| clamped to 9.5, exactly 1 in size from there on and wherever rounding
+#   would pass 1 (`_tanh_float32`): no exp; the gelu-tanh mix's forward kernel took
+#   ~0.87x the time of the exp form. Within 3.7e-7 of tanh in float32 (rounding, not the fit).
 # - a kernel that also needs tanh(u)**2 (a backward) must not take tanh' as
 #   1 - (rational)**2: near tanh = 1 that cancels to 7e-7 off. Where the gradient's
 #   sensitivity to tanh(u) is free of x, a rational for T = 1 - tanh(|u|) gives
@@ -857,9 +857,9 @@ COEFFICIENTS = {coefficients_literal}  # name -> initial value (learnable ones)
 # Kernels the autograd.Function calls. Float32 on the CPU: the *_f32 forms (polynomial
 # exp, erf, tanh and sigmoid in multiply-adds; erf shares its exp with the Gaussian
 # terms where there are some) as our own C (`_NATIVE_SOURCE`, built by the system's C
-# compiler on first use), eager or not, one fused kernel each way. Elsewhere (or where a form has no C
-# counterpart, no compiler works, or use_native_kernels(False)), eager runs the *_eager
-# forms (in-place ops: one buffer reused along each expression), and
+# compiler on first use), eager or not, one fused kernel each way. Elsewhere (or where a
+# form has no C counterpart, no compiler works, or use_native_kernels(False)), eager
+# runs the *_eager forms (in-place ops: one buffer reused along each expression), and
 # `use_compiled_kernels()` swaps in torch.compile'd versions at a one-off compile cost
 # (the *_f32 forms on the CPU in float32; the plain forms elsewhere: C++ on CPU,
 # Triton on CUDA). Under torch.compile of a model, the plain forms are traced into its

@@ -378,7 +378,8 @@ def test_rational_forward_forms_are_exactly_one_past_their_clamp_odd_and_accurat
     """The fused forward tanh and erf (erf where no Gaussian is computed anyway): sign(x)
     a P(a**2)/Q(a**2), a = |x| clamped, capped at 1. Exactly +-1 from the clamp on (so
     gelu(-1e30) is -0, not -1e30 times a rounding error), never past 1, odd, increasing
-    up to float32 rounding (dips of a few ulp), within 4e-7 of float64 everywhere; the rational at the clamp is over 1 by far more than rounding."""
+    up to float32 rounding (dips of a few ulp), within 4e-7 of float64 everywhere; the
+    rational at the clamp is over 1 by far more than rounding."""
     import numpy as np
     from scipy import special
 
