@@ -4,11 +4,17 @@
     >>> c = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}, learnable=["eps"])
     >>> act = c.to_module()          # nn.Module with one scalar parameter `eps`
 """
+import warnings
+
 from spaces.bases import get_base, list_bases
 from spaces.candidate import DEFAULT_INIT, Candidate, Coefficient, parse
 from spaces.registry import get_activation, list_activations, register_path
 from spaces.sanity import sanity_check
 from spaces.space import BASELINES, Space, get_space, list_spaces, register_space
+
+# Each generated module warns once when no C compiler builds its kernels; in a search,
+# that would be one line per candidate for the same cause: one per process instead.
+warnings.filterwarnings("once", message="eafo: no C kernels", category=RuntimeWarning)
 
 # Importing a space module registers it.
 from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa: E402,F401

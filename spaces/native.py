@@ -368,8 +368,12 @@ def _load_native():
         return fwd, bwd
     import warnings
 
-    warnings.warn("eafo: no C kernels (" + "; ".join(dict.fromkeys(errors)) + "): float32 CPU kernels run op by "
-                  "op, or torch.compile's after use_compiled_kernels()", RuntimeWarning, stacklevel=3)
+    # warn_explicit with no registry of this module's: with the "once" filter spaces
+    # installs, one line per process for any number of candidates (a module's registry
+    # would make it one per module)
+    warnings.warn_explicit("eafo: no C kernels (" + "; ".join(dict.fromkeys(errors)) + "): float32 CPU kernels "
+                           "run op by op, or torch.compile's after use_compiled_kernels()", RuntimeWarning,
+                           filename=__name__, lineno=0, module=__name__)
     return None
 
 

@@ -1,8 +1,12 @@
 """spaces.native: the fused float32 CPU kernels as our own C, against the float32 torch
 forms they are printed from and against float64; caching, fallbacks, thread counts."""
 import math
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,6 +198,25 @@ def test_without_a_compiler_fused_kernels_fall_back_to_torch_compile(tmp_path, m
     assert off["_native_kernels"]() is None  # the variable is read once
     off["use_native_kernels"](True)
     assert off["_NATIVE"]["enabled"] is True
+
+
+def test_no_compiler_warns_once_per_process_not_once_per_candidate(tmp_path):
+    """With no working compiler, a process that runs several candidates (a search) prints
+    the "no C kernels" warning once, and every candidate still computes its values."""
+    script = (
+        "import torch, spaces\n"
+        "x = torch.linspace(-3, 3, 1000)\n"
+        "for f in ['relu(x) + 0.1*x*exp(-x**2/2)', 'silu(x)', 'gelu(x) + 0.2*tanh(x)']:\n"
+        "    m = spaces.parse(f).to_module()\n"
+        "    with torch.no_grad():\n"
+        "        assert torch.isfinite(m(x)).all()\n"
+        "print('ok')\n")
+    env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"), EAFO_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("PYTHONWARNINGS", None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    assert run.stderr.count("eafo: no C kernels") == 1, run.stderr
 
 
 def test_use_native_kernels_switches_them_off_and_on():
