@@ -7,7 +7,6 @@ its own process group, never with a broad `ray stop`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -112,15 +111,11 @@ def ray_address():
 
 
 def read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    """The events in a study's events file (`path`: <study>/EVENTS_FILE), as the backend reads them."""
+    from search.ray_backend import EVENTS_FILE
+    from search.ray_backend import read_events as read_study_events
+    assert path.name == EVENTS_FILE
+    return read_study_events(path.parent)
 
 
 def wait_for_event(path: Path, predicate, timeout: float, poll: float = 0.05, proc=None) -> dict:
