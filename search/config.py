@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from search.exceptions import UsageError
+from search.records import DictRecord
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(DictRecord):
     # ---- what is searched, on which task --------------------------------------
     space: str = "eafo_default"     # a name from spaces.list_spaces()
     dataset: str = "fashion_mnist"  # embedded default task: Debian's dataset-fashion-mnist
@@ -120,18 +121,10 @@ class SearchConfig:
             raise UsageError("--runs-dir must not be empty")
         return self
 
-    # ---- config.json ----------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+    # ---- config.json (to_dict, from_dict: DictRecord) ---------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "SearchConfig":
-        """Inverse of `to_dict`; unknown keys are rejected, missing ones take defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
-        return cls(**d)
+    def unknown_keys_error(cls, unknown: list[str], known: set[str]) -> Exception:
+        return UsageError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchConfig":

@@ -30,6 +30,26 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+class DictRecord:
+    """to_dict / from_dict for a dataclass whose files must round-trip exactly: from_dict
+    refuses unknown keys (a typo or a newer file), missing ones take their defaults."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise cls.unknown_keys_error(unknown, known)
+        return cls(**d)
+
+    @classmethod
+    def unknown_keys_error(cls, unknown: list[str], known: set[str]) -> Exception:
+        return ValueError(f"unknown {cls.__name__} key(s) {unknown}")
+
+
 # status: what happened to the candidate (not the backend's trial state)
 STATUSES = (
     "ok",           # trained; `score` is its validation accuracy
@@ -43,7 +63,7 @@ STATUSES = (
 
 
 @dataclass
-class TrialRecord:
+class TrialRecord(DictRecord):
     """One search trial, as every backend reports it.
 
     A duplicate (a candidate whose fingerprint an earlier finished trial already
@@ -82,20 +102,10 @@ class TrialRecord:
     def is_ok(self) -> bool:
         return self.status == "ok" and self.score is not None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrialRecord":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrialRecord key(s) {unknown}")
-        return cls(**d)
 
 
 @dataclass
-class ConfirmRecord:
+class ConfirmRecord(DictRecord):
     """One (candidate, seed) confirmation run, scored on the held-out test split."""
 
     label: str                      # the leaderboard label (see TrialRecord.label)
@@ -120,16 +130,6 @@ class ConfirmRecord:
     def key(self) -> tuple[str, int]:
         return (self.fingerprint, self.seed)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ConfirmRecord":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ConfirmRecord key(s) {unknown}")
-        return cls(**d)
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -202,5 +202,5 @@ def trial_label(number: int, baseline: str | None) -> str:
     return baseline if baseline else f"trial_{number}"
 
 
-__all__ = ["TrialRecord", "ConfirmRecord", "STATUSES", "finite_or_none", "mean_coefficients",
+__all__ = ["DictRecord", "TrialRecord", "ConfirmRecord", "STATUSES", "finite_or_none", "mean_coefficients",
            "result_fields", "trial_label", "jsonable"]
