@@ -434,7 +434,8 @@ def _run_native(kernels, name, x, *args):
     if bwd(xc.data_ptr(), gc.data_ptr(), dx.data_ptr(), n, _coefficient_values(coefficients),
            None if dc is None else dc.data_ptr(), threads):
         raise MemoryError("eafo: no memory for the C backward's block sums")
-    grads = () if dc is None else (dc,) if k == 1 else dc.unbind()
+    # (one storage per gradient: a custom op's outputs may not alias each other)
+    grads = () if dc is None else (dc,) if k == 1 else [d.clone() for d in dc.unbind()]
     return (dx, *[d if d.dtype == c.dtype else d.to(c.dtype) for d, c in zip(grads, coefficients)])
 
 

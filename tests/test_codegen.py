@@ -133,7 +133,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 @pytest.mark.parametrize("native", [True, False], ids=["c-kernels", "inductor-kernels"])
 @pytest.mark.parametrize("formula,transposed", [("beta*gelu(x) + (1 - beta)*tanh(x)", False), ("x", False),
-                                                ("x", True)])
+                                                ("x", True), ("alpha*relu(x) + beta*x*exp(-x**2/2)", False)])
 def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, transposed, native, monkeypatch):
     """Under torch.compile(fullgraph=True), a float32 CPU module's forward and backward
     are the generated module's two custom ops, which run its own fused float32 kernels
@@ -142,9 +142,10 @@ def test_compiled_model_runs_float32_cpu_kernels_as_opaque_fused_ops(formula, tr
     eager. "x" checks the backward op's output is not the incoming gradient itself
     (custom ops may not alias inputs); a transposed input after another shape (a
     dynamic-shape graph checks strides), that the ops lay their outputs out as their
-    fake kernels promise (empty_like(x))."""
-    has_beta = "beta" in formula
-    c = spaces.parse(formula, init={"beta": 0.7} if has_beta else None, learnable=["beta"] if has_beta else [])
+    fake kernels promise (empty_like(x)); with two coefficients, that their gradients
+    (two outputs of the backward op) do not alias each other."""
+    coefficients = {n: v for n, v in (("alpha", 1.1), ("beta", 0.7)) if n in formula}
+    c = spaces.parse(formula, init=coefficients or None, learnable=list(coefficients))
     cls = c.module_class()
     ns = cls.forward.__globals__
     monkeypatch.setitem(ns["_NATIVE"], "enabled", native)  # use_native_kernels(native), undone after
