@@ -9,6 +9,7 @@ Knows nothing of Optuna or Ray: progress leaves a trial through
 """
 from evaluators.data import DeviceSplit, RawDataset, list_datasets, load_dataset, prepare_split, read_idx
 from evaluators.exceptions import DataFormatError, DataNotFoundError, EvaluatorError
+from evaluators.metrics import ACCURACY, BITS_PER_CHAR, Metric, get_metric
 from evaluators.models import build_model, list_models
 from evaluators.result import STATUSES, TrialResult
 from evaluators.task import Checkpoint, ProxyTask
@@ -18,6 +19,7 @@ __all__ = [
     "ProxyTask", "TrialResult", "STATUSES", "Checkpoint",
     "load_dataset", "prepare_split", "read_idx", "list_datasets", "RawDataset", "DeviceSplit",
     "build_model", "list_models",
+    "Metric", "ACCURACY", "BITS_PER_CHAR", "get_metric",
     "entropy_score", "grad_norm_score",
     "EvaluatorError", "DataNotFoundError", "DataFormatError",
 ]

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-# ok:       trained to the end; `score` is the final accuracy on the evaluated split.
+# ok:       trained to the end; `score` is the task's metric on the evaluated split (accuracy for images).
 # diverged: training ended early (NaN/inf or exploding loss); `reason` says how.
 # rejected: never trained (failed spaces.sanity_check or could not be compiled).
 # pruned:   stopped by the report callback (set by the backend that pruned it;
@@ -16,8 +16,8 @@ STATUSES = ("ok", "diverged", "rejected", "pruned")
 @dataclass
 class TrialResult:
     status: str
-    score: float | None                 # accuracy in [0, 1] when status == "ok", else None (never NaN)
-    score_name: str = "val_acc"         # which metric `score` is: "val_acc" or "test_acc"
+    score: float | None                 # the task's metric (evaluators.metrics) when status == "ok", else None (never NaN)
+    score_name: str = "val_acc"         # which metric `score` is: "<split>_<metric name>", e.g. "val_acc"
     seed: int = 0
     epochs_completed: int = 0
     metrics: dict = field(default_factory=dict)       # the last epoch's metrics

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evaluators import data as data_mod
+from evaluators.metrics import ACCURACY, Metric
 from evaluators.models import build_model, get_preset
 from evaluators.result import TrialResult
 
@@ -136,6 +137,11 @@ class ProxyTask:
         state["_splits"] = {}
         return state
 
+    @property
+    def metric(self) -> Metric:
+        """What `evaluate` scores, and whether higher or lower is better (image tasks: accuracy)."""
+        return ACCURACY
+
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
             if torch.cuda.is_available():
@@ -198,7 +204,7 @@ class ProxyTask:
 
             candidate = spaces.parse(candidate)
         t0 = time.perf_counter()
-        info = dict(seed=seed, score_name=f"{split}_acc", candidate=_describe(candidate),
+        info = dict(seed=seed, score_name=self.metric.key(split), candidate=_describe(candidate),
                     task=self.to_dict(), versions=_versions())
         if self.sanity:
             from spaces import sanity_check
@@ -424,7 +430,7 @@ class _Run:
     # -- results and cleanup --
     def result(self, status: str, reason: str | None, t0: float, info: dict) -> TrialResult:
         final = self.history[-1] if self.history else {}
-        score = final.get(f"{self.split}_acc") if status == "ok" else None
+        score = final.get(self.task.metric.key(self.split)) if status == "ok" else None
         if self.device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_allocated"
         else:
