@@ -18,7 +18,7 @@ warnings.filterwarnings("once", message="eafo: no C kernels", category=RuntimeWa
 
 # Importing a space module registers it.
 from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa: E402,F401
-from spaces import eafo  # noqa: E402  (output_entropy, wafbc, correction)
+from spaces import correction, eafo  # noqa: E402,F401  (entropy and scores; EAFO corrections)
 
 __all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases", "base_candidate",
            "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space", "eafo",

@@ -2,7 +2,11 @@
 
 f(x) = base(x) + eps * term(x), where term is one of
 - `none`    : no correction (the plain base; eps does not exist),
-- `eafo`    : the base's own first-order EAFO correction (spaces.eafo.correction),
+- `eafo`    : the base's own first-order EAFO correction for inputs N(0, 1)
+              (spaces.correction.correction; the paper's closed
+              form for invertible bases, this engine's projected one for GELU,
+              SiLU, Mish, hardswish; eps > 0 raises the output entropy, eps < 0 is
+              the EAFO descent step),
 - `crrelu`  : the CRReLU term x*exp(-x**2/2) transplanted onto any base,
 - `hermite` : a Hermite-Gaussian He_k(x)*exp(-x**2/2), k = 0..3 (probabilists'
               Hermite polynomials; k = 1 is the CRReLU term again).
@@ -33,7 +37,7 @@ def correction_term(base: str, family: str, k: int = 1) -> sp.Expr:
     if family == "hermite":
         return sp.expand(sp.hermite_prob(k, X)) * sp.exp(-X**2 / 2)
     if family == "eafo":
-        from spaces.eafo import correction
+        from spaces.correction import correction
 
         return correction(base)
     raise ValueError(f"unknown correction family {family!r}; valid: {', '.join(CORRECTIONS)}")
