@@ -54,7 +54,7 @@ and for f = x it is x p(x) / sigma^2, CRReLU's term.
 
     rescaled to the L2 norm of x exp(-x^2 / (2 sigma^2)) (a step of eps means the same
     size as CRReLU's). g_n is measured on the entropy estimator itself (central
-    differences, step 1e-3 of the output's std, where H is linear in e to ~1%), so the
+    differences, step 1e-3 of the output's std, where H is linear in e to a few %), so the
     finite part at folds and the branch sum in q are exactly those of the estimator the
     scores use. dH/d(eps) = sum g_n^2 / (2n + 1)^2 > 0 by construction. Truncating at
     n = 8 keeps the polynomial float32-friendly and is within 5% (L2) of n = 24 for GELU,
