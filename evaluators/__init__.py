@@ -11,6 +11,7 @@ from evaluators.data import DeviceSplit, RawDataset, list_datasets, load_dataset
 from evaluators.exceptions import DataFormatError, DataNotFoundError, EvaluatorError
 from evaluators.metrics import ACCURACY, BITS_PER_CHAR, Metric, get_metric
 from evaluators.models import build_model, list_models
+from evaluators.preactivation import PreactivationStats, preactivation_std
 from evaluators.result import STATUSES, TrialResult
 from evaluators.task import Checkpoint, ProxyTask
 from evaluators.zero_cost import entropy_score, grad_norm_score
@@ -20,6 +21,6 @@ __all__ = [
     "load_dataset", "prepare_split", "read_idx", "list_datasets", "RawDataset", "DeviceSplit",
     "build_model", "list_models",
     "Metric", "ACCURACY", "BITS_PER_CHAR", "get_metric",
-    "entropy_score", "grad_norm_score",
+    "entropy_score", "grad_norm_score", "preactivation_std", "PreactivationStats",
     "EvaluatorError", "DataNotFoundError", "DataFormatError",
 ]

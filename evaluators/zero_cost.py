@@ -1,6 +1,8 @@
 """Zero-cost scores: rank candidates before (or instead of) training them.
 
-- `entropy_score`: the paper's own quantities, no data, milliseconds.
+- `entropy_score`: the paper's own quantities, no data, milliseconds: scale-free,
+  bin-free negentropy and WAFBC distance, the output's atom mass, and the paper's raw
+  output entropy.
 - `grad_norm_score`: a data-aware proxy from the zero-cost NAS literature, one batch.
 
 Both may return NaN (a function the theory does not cover, a gradient that
@@ -17,27 +19,48 @@ import torch.nn.functional as F
 from evaluators import data as data_mod
 
 
-def entropy_score(candidate) -> dict:
-    """EAFO output entropy and WAFBC distance of `candidate` (Sun et al., ICLR 2025).
+def entropy_score(candidate, sigma: float = 1.0) -> dict:
+    """EAFO scores of `candidate` (at its initial coefficients) for inputs x ~ N(0, sigma^2).
 
-    output_entropy: H[f(x)] for x ~ N(0, 1); EAFO moves activations *down* this
-      entropy, so lower is predicted better.
-    wafbc_distance: distance from the worst activation (a scaled Gaussian CDF,
-      the entropy maximiser); larger is predicted better.
-    Returns {"output_entropy", "wafbc_distance", "seconds"} and, when the theory
-    does not apply to the candidate (spaces.eafo raises ValueError), NaNs and "error".
+    The EAFO theory (Sun et al., ICLR 2025) reads an activation through the law of its
+    output. Scale-free and bin-free (unchanged when the activation is multiplied by a
+    positive constant, which a following linear layer undoes; no estimator width):
+      negentropy: how far the continuous part of the output is from the Gaussian of the
+        same variance (its KL divergence from it, nats; 0 for a linear activation). The
+        scale-free form of the paper's "lower output entropy is better": higher is
+        predicted better.
+      wafbc_distance: entropy gap between the worst activation (a scaled Gaussian CDF,
+        spanning the activation's range over [-3 sigma, 3 sigma]) and the continuous part
+        of the output; larger is predicted better.
+      atom_mass: probability of the output's point masses (1/2 for ReLU, 0 for
+        GELU); its own feature, since the differential entropy of a law with an atom is
+        -infinity, and any finite number for it is an estimator's convention.
+    Not scale-free, kept as the paper defines it:
+      output_entropy: H[f(x)] in nats, atoms charged as if spread over
+        spaces.eafo.BIN_WIDTH; it moves by log(a) when f is scaled by a.
+    Also "sigma" (the input std used) and "seconds". Definitions: spaces.eafo.OutputLaw.
+    sigma: the pre-activation std the theory assumes; 1.0 is the paper's, and
+      evaluators.preactivation_std measures a model's. Every score depends on it.
+    When the theory does not apply (spaces.eafo raises ValueError or ArithmeticError),
+    the scores are NaN and "error" says why; NaN is reported, never ranked.
     """
-    from spaces import eafo  # written alongside; imported lazily so evaluators import without it
+    from spaces import eafo  # imported lazily, so evaluators import without sympy work
 
     t0 = time.perf_counter()
-    out = {"output_entropy": math.nan, "wafbc_distance": math.nan}
+    out = {key: math.nan for key in ENTROPY_KEYS}
+    out["sigma"] = float(sigma)
     try:
-        out["output_entropy"] = float(eafo.output_entropy(candidate))
-        out["wafbc_distance"] = float(eafo.wafbc_distance(candidate))
+        law = eafo.output_law(candidate, sigma)
+        out.update(negentropy=law.negentropy, wafbc_distance=law.wafbc_distance,
+                   atom_mass=law.atom_mass, output_entropy=float(eafo.output_entropy(candidate, sigma)))
     except (ValueError, ArithmeticError) as e:
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+# What entropy_score returns besides "sigma", "seconds" and "error".
+ENTROPY_KEYS = ("negentropy", "wafbc_distance", "atom_mass", "output_entropy")
 
 
 def grad_norm_score(candidate, task, seed: int = 0) -> float:
@@ -74,4 +97,4 @@ def grad_norm_score(candidate, task, seed: int = 0) -> float:
     return score
 
 
-__all__ = ["entropy_score", "grad_norm_score"]
+__all__ = ["entropy_score", "grad_norm_score", "ENTROPY_KEYS"]

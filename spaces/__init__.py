@@ -6,9 +6,9 @@
 """
 import warnings
 
-from spaces.bases import get_base, list_bases
+from spaces.bases import base_candidate, get_base, list_bases
 from spaces.candidate import DEFAULT_INIT, Candidate, Coefficient, parse
-from spaces.registry import get_activation, list_activations, register_path
+from spaces.registry import builtin_candidates, get_activation, list_activations, register_path
 from spaces.sanity import sanity_check
 from spaces.space import BASELINES, Space, get_space, list_spaces, register_space
 
@@ -18,8 +18,8 @@ warnings.filterwarnings("once", message="eafo: no C kernels", category=RuntimeWa
 
 # Importing a space module registers it.
 from spaces import space_crrelu, space_eafo_default, space_unary_binary  # noqa: E402,F401
-from spaces import eafo  # noqa: E402  (output_entropy, wafbc, correction)
+from spaces import correction, eafo  # noqa: E402,F401  (entropy and scores; EAFO corrections)
 
-__all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases",
+__all__ = ["Candidate", "Coefficient", "DEFAULT_INIT", "parse", "get_base", "list_bases", "base_candidate",
            "sanity_check", "BASELINES", "Space", "get_space", "list_spaces", "register_space", "eafo",
-           "get_activation", "list_activations", "register_path"]
+           "get_activation", "list_activations", "register_path", "builtin_candidates"]

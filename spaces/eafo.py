@@ -1,4 +1,4 @@
-"""EAFO theory: output entropy, the worst activation (WAFBC) and first-order corrections.
+"""EAFO theory, the measuring half: output entropy, its scale-free parts, the WAFBC.
 
 Sun et al., "A Method on Searching Better Activation Functions" (ICLR 2025), model
 the input of an activation as x ~ N(0, sigma^2) with density p and ask how much
@@ -6,38 +6,33 @@ information survives the activation y = f(x), measured by the output entropy
 
     H[Y] = -integral q(u) log q(u) du,   q(u) = p(y(u)) y'(u),   y = f^-1.
 
-Three results of the paper are implemented here, top to bottom:
+Implemented here, top to bottom:
 
-1. ``output_entropy(f)``: H[f(X)] computed numerically. For a strictly monotone f the
-   change of variables gives H[Y] = H[X] + E[log|f'(X)|] with H[X] = 1/2 log(2 pi e sigma^2).
-   For everything else (flat regions = point masses, non-monotone GELU/SiLU/Mish) a
-   deterministic histogram estimator is used; its exact definition is at
-   `_histogram_entropy`.
-2. ``wafbc(lower, upper)``: the worst activation with boundary conditions. The
+1. ``output_entropy(f)``: H[f(X)] computed numerically, the paper's quantity. For a
+   strictly monotone f the change of variables gives H[Y] = H[X] + E[log|f'(X)|] with
+   H[X] = 1/2 log(2 pi e sigma^2). For everything else (flat regions = point masses,
+   non-monotone GELU/SiLU/Mish) a deterministic estimator is used; its exact definition
+   is at `_histogram_law`. Two properties make H a poor score on its own: it moves by
+   log(a) when f is multiplied by a (a following linear layer undoes any scale), and a
+   law with an atom (ReLU's point mass at 0) has H = -infinity, so any finite number for
+   it is a convention (here: an atom charged as if spread over `bin_width`).
+2. ``output_law(f)``: the same estimator's decomposition of Y into its atoms and its
+   continuous part, from which the scale-free, bin-free scores are read: the
+   continuous part's ``negentropy`` (distance from the Gaussian of the same variance),
+   its ``wafbc_distance`` and the total ``atom_mass``.
+3. ``wafbc(lower, upper)``: the worst activation with boundary conditions. The
    Euler-Lagrange equation of H under f(-inf) = lower, f(+inf) = upper has the scaled
    Gaussian CDF as solution, f = lower + (upper - lower) Phi(x / sigma): its output is
    uniform on (lower, upper), the maximum-entropy law on a bounded interval, so
    H = log(upper - lower) and every other activation with those bounds has less.
-   ``wafbc_distance(f)`` measures how far f is from it (a zero-cost score).
-3. ``correction(f)``: the EAFO step. The functional derivative of H with respect to the
-   inverse is dH/dy = p'(y) y' + p(y) y''/y'. Moving the inverse against it,
-   g = y + eps_paper * eta with eta = -dH/dy, and inverting gives to first order a
-   correction of f itself (substitute y' = 1/f', y'' = -f''/f'^3 and p' = -x p):
 
-       delta_f(x) = -eps_paper * p(x) * (x + f''(x) / f'(x)).
-
-   For ReLU's positive branch f'' = 0, so delta_f is proportional to x exp(-x^2/2):
-   CRReLU(x) = ReLU(x) + eps * x * exp(-x^2/2). The paper stops at invertible bases;
-   here bases whose derivative crosses zero get a Tikhonov-regularised ratio.
-
-Conventions are stated at each function. The one to know: ``correction(f)`` is
-exp(-x^2/2) (x + f''/f') with the constant -1/sqrt(2 pi) dropped, so ``relu(x) + eps *
-correction("identity")`` is CRReLU with the paper's sign and init (eps = +0.01), and
-``correction("relu")`` is that same term on ReLU's positive branch and 0 on its flat one.
+The direction in which to move an activation to change H (the EAFO correction, and
+CRReLU) is in `spaces.correction`; ``spaces.eafo.correction`` still finds it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -46,20 +41,22 @@ from scipy.special import ndtr
 
 from spaces.bases import get_base
 from spaces.candidate import Candidate
-from spaces.functions import ACTIVATION_FUNCTIONS, X
+from spaces.functions import X
 
 # ---- the quadrature grid shared by every numeric helper ------------------------------
 # Cells of width h = 16 sigma / 8000 = 0.002 sigma on [-8 sigma, 8 sigma]. The Gaussian
 # mass outside is 2 Phi(-8) = 1.2e-15, so truncation is invisible next to the O(h^2)
 # discretisation error (~1e-6 nats). An even cell count puts x = 0 on a cell edge, where
 # ReLU-family kinks are, so the midpoint rule stays second order there. 8000 midpoints
-# through the generated torch code take well under a millisecond.
+# through the generated torch code take well under a millisecond. Every function takes
+# `cells=` to change this resolution (the tests check that rankings do not depend on it).
 GRID_HALF_WIDTH = 8.0       # in units of sigma
 GRID_CELLS = 8000
 
-# Atoms (point masses) are charged as if spread uniformly over this width, in output
-# units; see `_histogram_entropy`. 1e-2 is about bf16's spacing near 1 (2^-7 = 0.0078):
-# outputs closer than that are not told apart in low-precision training anyway.
+# Only `output_entropy` (the paper's raw quantity) uses this: there an atom (point mass)
+# is charged as if spread uniformly over this width, in output units; see
+# `OutputLaw.entropy`. 1e-2 is about bf16's spacing near 1 (2^-7 = 0.0078). The
+# scale-free scores (negentropy, wafbc_distance, atom_mass) have no such width.
 BIN_WIDTH = 1e-2
 
 # A step of f between neighbouring midpoints smaller than STEP_TOL * (cell width) is
@@ -79,6 +76,9 @@ REFINE_ERROR = 1e-8
 REFINE_SUBCELLS = 16
 REFINE_MAX_CELLS = 2000
 
+# The input range the WAFBC distance looks at: the central [-3 sigma, 3 sigma] of X.
+RANGE_SIGMAS = 3.0
+
 METHODS = ("auto", "change_of_variables", "histogram")
 
 
@@ -89,6 +89,13 @@ def _positive(value, name: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return v
+
+
+def _cells(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 100 \
+            or value % 2:
+        raise ValueError(f"cells must be an even integer >= 100, got {value!r}")
+    return int(value)
 
 
 def _as_expr(f) -> sp.Expr:
@@ -108,15 +115,19 @@ def _as_expr(f) -> sp.Expr:
                     f"got {type(f).__name__}")
 
 
-def _as_candidate(f) -> Candidate:
-    # A Candidate is evaluated as is (its generated code is cached per candidate).
-    return f if isinstance(f, Candidate) else Candidate.from_expr(_as_expr(f))
+def _as_function(f):
+    """Anything with ``evaluate(xs, derivative=False)`` in float64 numpy: a Candidate is
+    used as is (its generated code is cached per candidate); names and expressions become
+    one. `spaces.correction` passes its own numeric perturbations of a base this way."""
+    if hasattr(f, "evaluate") and not isinstance(f, (sp.Basic, str)):
+        return f
+    return Candidate.from_expr(_as_expr(f))
 
 
 @lru_cache(maxsize=32)
-def _grid(sigma: float):
+def _grid(sigma: float, cells: int = GRID_CELLS):
     """Cell edges, cell midpoints and the exact N(0, sigma^2) mass of each cell."""
-    edges = np.linspace(-GRID_HALF_WIDTH * sigma, GRID_HALF_WIDTH * sigma, GRID_CELLS + 1)
+    edges = np.linspace(-GRID_HALF_WIDTH * sigma, GRID_HALF_WIDTH * sigma, cells + 1)
     # Tail probabilities Phi(-|e|) keep full relative precision on both sides (1 - Phi
     # would cancel on the right); no cell straddles 0, so each mass is a difference of two.
     tail = ndtr(-np.abs(edges) / sigma)
@@ -133,10 +144,14 @@ def gaussian_entropy(sigma: float = 1.0) -> float:
 
 # ---- 1. output entropy ---------------------------------------------------------------
 def output_entropy(f, sigma: float = 1.0, method: str = "auto", *,
-                   bin_width: float = BIN_WIDTH) -> float:
-    """Entropy in nats of Y = f(X), X ~ N(0, sigma^2).
+                   bin_width: float = BIN_WIDTH, cells: int = GRID_CELLS) -> float:
+    """Entropy in nats of Y = f(X), X ~ N(0, sigma^2): the paper's quantity.
 
     f: a base name, a sympy expression in x, or a Candidate (at its initial values).
+
+    Not a scale-free score: H[a f(X)] = H[f(X)] + log a, and an output with an atom has
+    H = -infinity, replaced here by a convention that depends on `bin_width`. Rank
+    activations with `output_law(f).negentropy`, `.wafbc_distance` and `.atom_mass`.
 
     method:
       "change_of_variables": H[X] + E[log|f'(X)|] by the midpoint rule with exact
@@ -145,13 +160,15 @@ def output_entropy(f, sigma: float = 1.0, method: str = "auto", *,
           of f' (or f stepping back) raises ValueError; f' == 0 on a set of Gaussian
           mass > 1e-6 (a flat region, so Y has an atom) returns -inf, the exact
           differential entropy of a law with an atom.
-      "histogram": the estimator of `_histogram_entropy`: the differential entropy
-          when Y has no atoms (it agrees with the change of variables to ~2e-7 nats
-          for tanh and sigmoid, and with adaptive quadrature of the exact branch
-          densities to ~2e-5 for GELU and SiLU), plus -m log(m / bin_width) for each
-          atom of mass m, as if the atom were spread uniformly over one bin.
+      "histogram": `OutputLaw.entropy(bin_width)` of the estimator of `_histogram_law`:
+          the differential entropy when Y has no atoms (it agrees with the change of
+          variables to ~2e-7 nats for tanh and sigmoid, and with adaptive quadrature of
+          the exact branch densities to ~2e-5 for GELU and SiLU), plus
+          -m log(m / bin_width) for each atom of mass m, as if the atom were spread
+          uniformly over one bin.
       "auto": change of variables when f' keeps one sign on the grid, f(x) never
           steps against it and f' == 0 has mass <= 1e-6; histogram otherwise.
+    cells: grid cells on [-8 sigma, 8 sigma] (resolution h = 16 sigma / cells).
 
     Returns NaN when f or f' is not finite at some grid point: the score is undefined
     there, and NaN is reported, never ranked. Deterministic (no sampling). Once the
@@ -160,22 +177,23 @@ def output_entropy(f, sigma: float = 1.0, method: str = "auto", *,
     """
     sigma = _positive(sigma, "sigma")
     bin_width = _positive(bin_width, "bin_width")
+    cells = _cells(cells)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    cand = _as_candidate(f)
-    edges, mids, mass = _grid(sigma)
+    fn = _as_function(f)
+    edges, mids, mass = _grid(sigma, cells)
     h = edges[1] - edges[0]
     with np.errstate(all="ignore"):
-        y = cand.evaluate(mids)
-        df = cand.evaluate(mids, derivative=True)
+        y = fn.evaluate(mids)
+        df = fn.evaluate(mids, derivative=True)
     if not (np.isfinite(y).all() and np.isfinite(df).all()):
         return math.nan
     if method == "histogram":
-        return _histogram_entropy(*_refine(cand, sigma, y, df), bin_width)
+        return _law(fn, sigma, cells, y, df).entropy(bin_width)
     shape = _shape(y, df, mass, h)
     if method == "auto":
         if shape != "monotone":
-            return _histogram_entropy(*_refine(cand, sigma, y, df), bin_width)
+            return _law(fn, sigma, cells, y, df).entropy(bin_width)
     elif shape == "non_monotone":
         raise ValueError("change of variables needs a strictly monotone f; f' changes sign "
                          "(or f steps back) on the grid: use method='histogram' or 'auto'")
@@ -201,16 +219,138 @@ def _shape(y: np.ndarray, df: np.ndarray, mass: np.ndarray, h: float) -> str:
     return "monotone"
 
 
-def _refine(cand: Candidate, sigma: float, y: np.ndarray, df: np.ndarray):
+# ---- 2. the law of the output: atoms and continuous part ------------------------------
+@dataclass(frozen=True)
+class OutputLaw:
+    """Y = f(X), X ~ N(0, sigma^2), split into its atoms and its continuous part.
+
+    Why a split: the differential entropy of a law with an atom is -infinity, and any
+    finite stand-in for it depends on a bin width (that is what made ReLU's entropy
+    score, and its rank against CRReLU, follow the estimator's resolution). The atoms'
+    total mass is kept as its own feature, and every entropy below is that of the
+    continuous part alone, renormalised to a probability law, which has no width in it.
+
+    continuous_entropy: differential entropy (nats) of the continuous part, normalised to
+        mass 1. NaN when there is no continuous part (f constant) or f is not finite.
+    continuous_std: its standard deviation; continuous_mean its mean.
+    atom_values, atom_masses: each point mass of Y (outputs of cells where f is flat to
+        float64 resolution, grouped by value).
+    central_range: max - min of f over x in [-3 sigma, 3 sigma] (on the grid).
+    """
+
+    sigma: float
+    continuous_entropy: float
+    continuous_mean: float
+    continuous_std: float
+    atom_values: tuple[float, ...]
+    atom_masses: tuple[float, ...]
+    central_range: float
+
+    @property
+    def atom_mass(self) -> float:
+        """P(Y is one of the atoms): 1/2 for ReLU, 0 for an invertible f."""
+        return float(sum(self.atom_masses))
+
+    @property
+    def negentropy(self) -> float:
+        """KL divergence (nats) of the continuous part from the Gaussian of the same mean
+        and variance: 1/2 log(2 pi e s^2) - H_c, with s and H_c the continuous part's std
+        and entropy. >= 0, 0 only for a Gaussian (identity, any linear f); unchanged when f
+        is multiplied by a positive or negative constant or shifted (both terms move by
+        log|a|), and free of any bin width. It measures how far the activation reshapes
+        its input's law, the scale-free form of the paper's "lower output entropy"."""
+        if not math.isfinite(self.continuous_entropy) or not self.continuous_std > 0:
+            return math.nan
+        return gaussian_entropy(self.continuous_std) - self.continuous_entropy
+
+    @property
+    def wafbc_distance(self) -> float:
+        """Entropy gap (nats) between the WAFBC that spans f's central range and the
+        continuous part of Y:
+
+            log(central_range / (Phi(3) - Phi(-3))) - H_c.
+
+        The reference is the WAFBC rescaled so that its values at x = -3 sigma and
+        3 sigma are the min and max of f there; its output entropy is exactly
+        log(range / (Phi(3) - Phi(-3))). So the distance is 0 (to ~2e-7) for any WAFBC
+        with this sigma and positive for ordinary activations (identity 0.375, ReLU's
+        half-normal part the same): larger means further from the worst activation,
+        which the paper reads as better. Scale-free (range and H_c both move by log a) and
+        bin-free; atoms are left to `atom_mass`. It can be negative when f spreads the
+        0.27% of inputs outside 3 sigma over a very wide range. NaN when f is constant
+        on [-3 sigma, 3 sigma] or H_c is NaN."""
+        if not (math.isfinite(self.continuous_entropy) and self.central_range > 0):
+            return math.nan
+        central_mass = 1 - 2 * float(ndtr(-RANGE_SIGMAS))
+        return math.log(self.central_range / central_mass) - self.continuous_entropy
+
+    def entropy(self, bin_width: float = BIN_WIDTH) -> float:
+        """The paper's H[Y] with each atom charged as if spread over `bin_width`:
+
+            H = (1 - m) (H_c - log(1 - m))  -  sum_k m_k log(m_k / bin_width)
+
+        (the first term is -integral q_c log q_c of the unnormalised continuous density;
+        atoms are merged into bins of width `bin_width` centred on multiples of it).
+        Equivalently, the entropy of Y relative to Lebesgue measure plus a point mass
+        `bin_width` at each atom. So an atom-free output gets its differential entropy,
+        and each atom costs m log(1/bin_width) relative to that limit: ReLU's output (atom
+        1/2 at 0, half-normal otherwise) gets H[X]/2 - 1/2 log(1/2 / bin_width), -1.2465
+        at the default width. This number, unlike the scores above, changes with the
+        width and with the scale of f."""
+        bin_width = _positive(bin_width, "bin_width")
+        m = self.atom_mass
+        out = 0.0
+        if m > 0:
+            bins = np.round(np.asarray(self.atom_values) / bin_width)
+            _, which = np.unique(bins, return_inverse=True)
+            merged = np.bincount(which.ravel(), weights=np.asarray(self.atom_masses))
+            merged = merged[merged > 0]
+            out -= float(np.sum(merged * np.log(merged / bin_width)))
+        if m < 1:
+            if not math.isfinite(self.continuous_entropy):
+                return math.nan
+            out += (1 - m) * (self.continuous_entropy - math.log(1 - m))
+        return out
+
+
+def output_law(f, sigma: float = 1.0, *, cells: int = GRID_CELLS) -> OutputLaw:
+    """The atoms and the continuous part of Y = f(X), X ~ N(0, sigma^2) (see OutputLaw).
+
+    f: a base name, a sympy expression in x, or a Candidate (at its initial values).
+    Deterministic; a few milliseconds once the candidate's code exists. NaN fields (never
+    an exception) when f or f' is not finite on the grid.
+    """
+    sigma = _positive(sigma, "sigma")
+    cells = _cells(cells)
+    fn = _as_function(f)
+    _, mids, _ = _grid(sigma, cells)
+    with np.errstate(all="ignore"):
+        y = fn.evaluate(mids)
+        df = fn.evaluate(mids, derivative=True)
+    return _law(fn, sigma, cells, y, df)
+
+
+def _law(fn, sigma: float, cells: int, y: np.ndarray, df: np.ndarray) -> OutputLaw:
+    edges, _, _ = _grid(sigma, cells)
+    central = edges[np.abs(edges) <= RANGE_SIGMAS * sigma * (1 + 1e-12)]
+    with np.errstate(all="ignore"):
+        yr = fn.evaluate(central)
+    span = float(np.max(yr) - np.min(yr)) if np.isfinite(yr).all() else math.nan
+    if not (np.isfinite(y).all() and np.isfinite(df).all()):
+        return OutputLaw(sigma, math.nan, math.nan, math.nan, (), (), span)
+    return _histogram_law(*_refine(fn, sigma, cells, y, df), sigma=sigma, span=span)
+
+
+def _refine(fn, sigma: float, cells: int, y: np.ndarray, df: np.ndarray):
     """(f, f', mass, width) per cell, with the cells next to folds and kinks subdivided.
 
-    The tangent model of `_histogram_entropy` errs by about w (h f''/f')^2 nats on a cell
+    The tangent model of `_histogram_law` errs by about w (h f''/f')^2 nats on a cell
     of mass w, which adds up to O(h) next to an extremum of f, where f' -> 0 (GELU's fold:
     4.5e-4 nats at h = 0.002). Cells whose estimate exceeds REFINE_ERROR are split into
     REFINE_SUBCELLS (f'' by finite differences of f'); this brings GELU and SiLU to ~2e-5
     nats of the exact value for about 10,000 extra points. NaN marks a non-finite value.
     """
-    edges, _, mass = _grid(sigma)
+    edges, _, mass = _grid(sigma, cells)
     h = edges[1] - edges[0]
     width = np.full(mass.shape, h)
     with np.errstate(all="ignore"):
@@ -227,8 +367,8 @@ def _refine(cand: Candidate, sigma: float, y: np.ndarray, df: np.ndarray):
     sub_mass *= (mass[pick] / sub_mass.sum(axis=1))[:, None]  # same total per parent cell
     sub_mids = ((sub_edges[:, :-1] + sub_edges[:, 1:]) / 2).ravel()
     with np.errstate(all="ignore"):
-        sub_y = cand.evaluate(sub_mids)
-        sub_df = cand.evaluate(sub_mids, derivative=True)
+        sub_y = fn.evaluate(sub_mids)
+        sub_df = fn.evaluate(sub_mids, derivative=True)
     if not (np.isfinite(sub_y).all() and np.isfinite(sub_df).all()):
         sub_y = np.full_like(sub_y, np.nan)
     keep = np.ones(mass.shape, dtype=bool)
@@ -243,86 +383,101 @@ def _refine(cand: Candidate, sigma: float, y: np.ndarray, df: np.ndarray):
             np.concatenate([width[keep], np.full(sub_mids.shape, h / n)])[order])
 
 
-def _histogram_entropy(y: np.ndarray, df: np.ndarray, mass: np.ndarray, width: np.ndarray,
-                       bin_width: float) -> float:
-    """Plug-in entropy of f(X) from the quadrature grid; what it returns, exactly:
+def _histogram_law(y: np.ndarray, df: np.ndarray, mass: np.ndarray, width: np.ndarray, *,
+                   sigma: float, span: float) -> OutputLaw:
+    """The law of f(X) from the quadrature grid, deterministic, with no bin anywhere:
 
-        H = -integral q_c(u) log q_c(u) du  -  sum_k m_k log(m_k / bin_width)
-
-    q_c is the density of the continuous part of Y and m_k the masses of its atoms,
-    merged into bins of width `bin_width` centred on multiples of it. Equivalently, the
-    entropy of Y relative to Lebesgue measure plus a point mass `bin_width` at each atom:
-    an atom is charged as if spread uniformly over one bin, instead of the -inf of the
-    differential entropy of a law with an atom. So
-      - an atom-free output gets its differential entropy (no bin-width bias: it agrees
-        with the change of variables, and with a fine fixed-bin histogram + log(width));
-      - each atom costs m log(1/bin_width) relative to that limit: ReLU's output (atom
-        1/2 at 0, half-normal otherwise) gets H[X]/2 - 1/2 log(1/2 / bin_width), -1.2465
-        at the default width. Shrinking the width lowers every atom's score in
-        proportion to its mass, so rankings at one fixed width are consistent and
-        follow the theory's -inf limit (more atom mass ranks lower).
-
-    Construction, deterministic: on each grid cell f is replaced by its tangent at the
-    cell midpoint, so the cell's exact Gaussian mass w spreads uniformly over
-    [f(m) - |f'(m)| h/2, f(m) + |f'(m)| h/2] (density w / (|f'| h); error O(h^2); a jump of
-    f at a cell edge stays a jump, a chord across it would smear one cell over it).
-    Cells whose image has zero width in float64 are atoms at f(m): f'(m) == 0 (ReLU's
-    negative side), or f' so small that the image is below the float spacing at f(m)
-    (tanh beyond |x| = 15, whose values are +-1.0 in float64 anyway). Atoms are thus the
-    same as in the change of variables' test (f' == 0), up to that float resolution,
-    so both methods agree wherever both apply. The other cells form runs in
-    which f' keeps its sign and f does not step back, so their images do not overlap;
-    for non-monotone f the runs' densities are added on the merged breakpoints, which
-    handles GELU's fold and the integrable density spike at its minimum without any
-    fixed bin for the continuous part.
+    On each grid cell f is replaced by its tangent at the cell midpoint, so the cell's
+    exact Gaussian mass w spreads uniformly over [f(m) - |f'(m)| h/2, f(m) + |f'(m)| h/2]
+    (density w / (|f'| h); error O(h^2); a jump of f at a cell edge stays a jump, a chord
+    across it would smear one cell over it). Cells whose image has zero width in float64
+    are atoms at f(m): f'(m) == 0 (ReLU's negative side), or f' so small that the image is
+    below the float spacing at f(m) (tanh beyond |x| = 15, whose values are +-1.0 in
+    float64 anyway). Atoms are thus the same as in the change of variables' test
+    (f' == 0), up to that float resolution, so both methods agree wherever both apply.
+    The other cells form runs in which f' keeps its sign and f does not step back, so
+    their images do not overlap; for non-monotone f the runs' densities are added on the
+    merged breakpoints, which handles GELU's fold and the integrable density spike at its
+    minimum without any fixed bin. The continuous part's entropy is then exact for the
+    piecewise-constant density; its mean and variance are those of the same density.
     """
+    nan = OutputLaw(sigma, math.nan, math.nan, math.nan, (), (), span)
     if not np.isfinite(y).all():
-        return math.nan
+        return nan
     half = np.abs(df) * width / 2
     flat = y - half >= y + half
-
-    entropy = 0.0
+    # A flat cell between two sloped ones is a fold that fell on a midpoint (f' = 0 at a
+    # point, e.g. the CRReLU term's at |x| = 1), not a flat region: its image has width
+    # about |f''| w^2 / 8, f'' from the neighbours' slopes.
+    inner = np.flatnonzero(flat[1:-1] & ~flat[:-2] & ~flat[2:]) + 1
+    if inner.size:
+        curv = np.abs(df[inner + 1] - df[inner - 1]) / (width[inner - 1] / 2 + width[inner]
+                                                        + width[inner + 1] / 2)
+        half[inner] = curv * width[inner] ** 2 / 16
+        flat = y - half >= y + half
+    atom_values, atom_masses = (), ()
     if flat.any():
-        bins = np.round(y[flat] / bin_width)
-        _, which = np.unique(bins, return_inverse=True)
-        m = np.bincount(which.ravel(), weights=mass[flat])
-        m = m[m > 0]
-        entropy -= float(np.sum(m * np.log(m / bin_width)))
+        values, which = np.unique(y[flat], return_inverse=True)
+        masses = np.bincount(which.ravel(), weights=mass[flat])
+        atom_values, atom_masses = tuple(map(float, values)), tuple(map(float, masses))
 
     cont = ~flat
     if not cont.any():
-        return entropy
+        return OutputLaw(sigma, math.nan, math.nan, math.nan, atom_values, atom_masses, span)
     yc, w = y[cont], mass[cont]
+    total_mass = float(w.sum())
     a, b = yc - half[cont], yc + half[cont]
     dens = w / (b - a)
+    # Moments of the piecewise-uniform density: a cell adds its mass at its centre plus
+    # the variance of a uniform law on its image, (b - a)^2 / 12.
+    mean = float(np.dot(w, yc)) / total_mass
+    var = float(np.dot(w, (yc - mean) ** 2 + (b - a) ** 2 / 12)) / total_mass
     rising = df[cont] > 0
     # A step against the slope (beyond rounding noise) starts a new run: a jump back.
     back = np.diff(yc) * np.where(rising[1:], 1.0, -1.0) < -STEP_TOL * width[cont][1:]
     run = np.concatenate([[0], np.cumsum((rising[1:] != rising[:-1]) | back)])
     if run[-1] == 0:
         # Monotone: cell images are disjoint, the density is dens on each one.
-        return entropy - float(np.dot(w, np.log(dens)))
+        plogp = -float(np.dot(w, np.log(dens)))
+    else:
+        # Several runs overlap in the output (a fold): add each run's piecewise-constant
+        # density on the merged breakpoints. Within a run, look cells up by their start
+        # (searchsorted), which is exact; a running sum of +-dens would cancel badly next
+        # to the huge densities near an extremum of f.
+        breaks = np.unique(np.concatenate([a, b]))
+        centre = (breaks[:-1] + breaks[1:]) / 2
+        total = np.zeros_like(centre)
+        for r in range(run[-1] + 1):
+            sel = run == r
+            order = np.argsort(a[sel], kind="stable")
+            ra, rb, rd = a[sel][order], b[sel][order], dens[sel][order]
+            i = np.clip(np.searchsorted(ra, centre, side="right") - 1, 0, None)
+            inside = (centre >= ra[i]) & (centre < rb[i])
+            total += np.where(inside, rd[i], 0.0)
+        seg_mass = total * np.diff(breaks)
+        pos = total > 0
+        plogp = -float(np.dot(seg_mass[pos], np.log(total[pos])))
+    # -integral q log q of the unnormalised part -> entropy of the normalised law.
+    h_c = plogp / total_mass + math.log(total_mass)
+    return OutputLaw(sigma, h_c, mean, math.sqrt(var), atom_values, atom_masses, span)
 
-    # Several runs overlap in the output (a fold): add each run's piecewise-constant
-    # density on the merged breakpoints. Within a run, look cells up by their start
-    # (searchsorted), which is exact; a running sum of +-dens would cancel badly next
-    # to the huge densities near an extremum of f.
-    breaks = np.unique(np.concatenate([a, b]))
-    centre = (breaks[:-1] + breaks[1:]) / 2
-    total = np.zeros_like(centre)
-    for r in range(run[-1] + 1):
-        sel = run == r
-        order = np.argsort(a[sel], kind="stable")
-        ra, rb, rd = a[sel][order], b[sel][order], dens[sel][order]
-        i = np.clip(np.searchsorted(ra, centre, side="right") - 1, 0, None)
-        inside = (centre >= ra[i]) & (centre < rb[i])
-        total += np.where(inside, rd[i], 0.0)
-    seg_mass = total * np.diff(breaks)
-    pos = total > 0
-    return entropy - float(np.dot(seg_mass[pos], np.log(total[pos])))
+
+def negentropy(f, sigma: float = 1.0, *, cells: int = GRID_CELLS) -> float:
+    """`output_law(f, sigma).negentropy`: the continuous part's distance from a Gaussian."""
+    return output_law(f, sigma, cells=cells).negentropy
 
 
-# ---- 2. the worst activation with boundary conditions ---------------------------------
+def atom_mass(f, sigma: float = 1.0, *, cells: int = GRID_CELLS) -> float:
+    """`output_law(f, sigma).atom_mass`: the probability of the output's point masses."""
+    return output_law(f, sigma, cells=cells).atom_mass
+
+
+def wafbc_distance(f, sigma: float = 1.0, *, cells: int = GRID_CELLS) -> float:
+    """`output_law(f, sigma).wafbc_distance`: scale-free, bin-free distance from the WAFBC."""
+    return output_law(f, sigma, cells=cells).wafbc_distance
+
+
+# ---- 3. the worst activation with boundary conditions ---------------------------------
 def _number(value, name: str) -> sp.Expr:
     # Numbers only: sympify would execute a string.
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating,
@@ -358,176 +513,14 @@ def wafbc(lower, upper, sigma: float = 1.0) -> sp.Expr:
     return lo + (up - lo) * (1 + sp.erf(X / (sp.sqrt(2) * s))) / 2
 
 
-# The input range the distance looks at: the central [-3 sigma, 3 sigma] of X.
-RANGE_SIGMAS = 3.0
+def __getattr__(name):
+    # The corrections moved to spaces.correction; spaces.eafo.correction still finds them.
+    if name == "correction":
+        from spaces.correction import correction
+
+        return correction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def wafbc_distance(f, sigma: float = 1.0, *, bin_width: float = BIN_WIDTH) -> float:
-    """Entropy gap between f and the WAFBC that spans the same output range (nats).
-
-    lo, hi = min and max of f(x) over x in [-3 sigma, 3 sigma] (on the quadrature grid).
-    The reference is the WAFBC rescaled so that its values at x = -3 sigma and 3 sigma
-    are lo and hi: g = lo + (hi - lo) (Phi(x/sigma) - Phi(-3)) / (Phi(3) - Phi(-3)), whose
-    output entropy is exactly log((hi - lo) / (Phi(3) - Phi(-3))). The distance is
-
-        log((hi - lo) / (Phi(3) - Phi(-3))) - output_entropy(f, sigma, "auto", bin_width)
-
-    0 (to ~2e-7) for any WAFBC with this sigma; positive for ordinary activations
-    (identity 0.38, ReLU about 2.35 at bin width 1e-2): larger means further from the
-    worst activation, which the paper reads as better. It can be negative when f spreads
-    the 0.27% of inputs outside 3 sigma over a very wide range. NaN when f is constant on
-    [-3 sigma, 3 sigma] (no range) or the entropy is NaN.
-    """
-    sigma = _positive(sigma, "sigma")
-    cand = _as_candidate(f)
-    entropy = output_entropy(cand, sigma, "auto", bin_width=bin_width)
-    edges, _, _ = _grid(sigma)
-    central = edges[np.abs(edges) <= RANGE_SIGMAS * sigma * (1 + 1e-12)]
-    with np.errstate(all="ignore"):
-        y = cand.evaluate(central)
-    span = float(np.max(y) - np.min(y))
-    if not math.isfinite(entropy) or not math.isfinite(span) or span <= 0:
-        return math.nan
-    central_mass = 1 - 2 * float(ndtr(-RANGE_SIGMAS))
-    return math.log(span / central_mass) - entropy
-
-
-# ---- 3. the first-order EAFO correction ----------------------------------------------
-# Tikhonov regularisation of 1/f' where f' crosses zero: f''/f' -> f'' f' / (f'^2 + reg^2).
-# Equal to the exact ratio times f'^2 / (f'^2 + reg^2), i.e. within 1% where |f'| >= 1 and
-# within 10% where |f'| >= 0.3, and bounded by max|f''| / (2 reg) everywhere (about 4 for
-# GELU, whose f'' peaks at 2 p(0) = 0.8). reg = 0.1 is of the order of the depth of the
-# negative-derivative lobe it must bridge (min f' = -0.13 GELU, -0.10 SiLU, -0.11 Mish),
-# and keeps the correction O(1), like CRReLU's term (max of x exp(-x^2/2) is 0.61).
-REG = 0.1
-
-# Grid on which branch properties are checked (sign changes of f', finiteness).
-CHECK_GRID = np.linspace(-50.0, 50.0, 10001)
-# A monotone f' that touches zero (x**3 at 0) gives f''/f' a pole; the grid may miss the
-# pole itself but not its neighbourhood: |f''/f'| > 100 means f' changes by a factor e
-# within 0.01 in x, as good as a zero. Smooth monotone bases stay below 2 (tanh: 2 tanh x).
-RATIO_MAX = 100.0
-
-# Named functions whose elementary form has branches (relu, step, leaky_relu, elu, ...):
-# these are expanded into Piecewise to find branches; smooth ones (gelu, silu, mish,
-# softplus, sigmoid) stay named, so the code generator keeps their stable torch kernels.
-_BRANCHED = tuple(cls for cls in ACTIVATION_FUNCTIONS.values()
-                  if cls.elementary(X).has(sp.Piecewise))
-
-
-def correction(base, reg: float = REG) -> sp.Expr:
-    """Direction of the first-order EAFO correction of `base`, as an expression in x.
-
-    The paper's correction is delta_f = -eps_paper * p(x) (x + f''/f') (module docstring).
-    This returns its direction with the constant dropped:
-
-        correction(f) = exp(-x^2/2) * (x + f''(x)/f'(x)),
-
-    so delta_f = eps * correction(f) with eps = -eps_paper / sqrt(2 pi). Sign: eps > 0
-    *raises* the output entropy (towards the WAFBC), eps < 0 is the EAFO descent step
-    that lowers it. The paper's CRReLU, ReLU + eps x exp(-x^2/2) with eps initialised at
-    +0.01 and learned, is ``base + eps * correction`` in this convention; eps is a free
-    learnable scalar, so the sign convention only fixes what its initial value means.
-
-    Branches: the base is split into the branches of its Piecewise form (relu, elu,
-    hardswish, Max/Min/Abs in an expression). On a branch where f' == 0 identically there
-    is no inverse to perturb, so the correction is 0 there. ReLU therefore gives
-    Piecewise((x*exp(-x**2/2), x > 0), (0, True)). The paper's CRReLU applies
-    x*exp(-x**2/2) on the whole line; that term is ``correction("identity")`` (and
-    ``correction("leaky_relu")``, whose branches both have f'' = 0). Where f''/f' jumps
-    at a branch boundary the correction jumps with it, exactly as the pointwise formula
-    says: ELU/CELU (and SELU) have ratio 0 for x > 0 and 1 for x < 0, so their correction
-    jumps by 1 at x = 0 and base + eps * correction is discontinuous there by |eps|;
-    hardswish's jumps at x = -3 and 3 are 0.040 and 0.0025.
-
-    Ratio: the exact f''/f' (simplified with sympy.cancel, so tanh gives -2 tanh(x) and
-    stays finite where f' underflows) on branches where f' keeps one sign and the ratio
-    is finite and |ratio| <= 100 on [-50, 50]; the regularised f'' f'/(f'^2 + reg^2) on
-    branches where f' crosses or touches zero (GELU, SiLU, Mish, hardswish's middle
-    piece), where f''/f' has poles; reg is absolute, in units of f' (see REG). Both are
-    finite on the whole line for every base.
-    The result only uses functions the torch code generator prints (exp, erf, tanh,
-    Piecewise with a final True branch, spaces' named functions).
-    """
-    return _correction(_as_expr(base), _positive(reg, "reg"))
-
-
-@lru_cache(maxsize=256)
-def _correction(expr: sp.Expr, reg: float) -> sp.Expr:
-    branches = _branches(expr)
-    masks = _regions([cond for _, cond in branches])
-    pieces = [(_branch_correction(g, mask, reg), cond)
-              for (g, cond), mask in zip(branches, masks)]
-    if len(pieces) == 1:
-        return pieces[0][0]
-    return sp.Piecewise(*pieces)  # merges neighbouring equal pieces (leaky_relu -> one)
-
-
-def _branches(expr: sp.Expr) -> list[tuple[sp.Expr, sp.Basic]]:
-    """(expression, condition) per branch, first match wins, last condition True."""
-    e = expr.replace(lambda a: isinstance(a, _BRANCHED),
-                     lambda a: type(a).elementary(a.args[0]))
-    e = sp.piecewise_fold(e.rewrite(sp.Piecewise))  # Max, Min, Abs, Heaviside too
-    if not isinstance(e, sp.Piecewise):
-        return [(expr, sp.true)]  # smooth: keep the named functions as they were
-    kept, seen = [], sp.EmptySet
-    for g, cond in e.args:
-        try:
-            where = cond.as_set().intersect(sp.S.Reals)
-            region = where - seen
-            seen = seen | where
-            negligible = region.is_empty or region.measure == 0
-        except (NotImplementedError, TypeError, ValueError):
-            negligible = False  # a condition sympy cannot solve: keep it, judge it numerically
-        if negligible:
-            continue  # empty or measure-zero branch (e.g. x == 0 of Heaviside): irrelevant
-        kept.append((g, cond))
-    if not kept:
-        raise ValueError(f"{expr} has no branch of positive measure")
-    # If the default branch was dropped (measure zero), the last kept one becomes default.
-    kept[-1] = (kept[-1][0], sp.true)
-    return kept
-
-
-def _regions(conds: list) -> list[np.ndarray]:
-    """Boolean mask over CHECK_GRID of each branch's region (first match wins)."""
-    taken = np.zeros(CHECK_GRID.shape, dtype=bool)
-    masks = []
-    for cond in conds:
-        hit = np.broadcast_to(np.asarray(sp.lambdify(X, cond, "numpy")(CHECK_GRID), dtype=bool),
-                              CHECK_GRID.shape)
-        masks.append(hit & ~taken)
-        taken |= hit
-    return masks
-
-
-def _values(expr: sp.Expr, xs: np.ndarray) -> np.ndarray:
-    # Through the same generated torch code that training will run.
-    with np.errstate(all="ignore"):
-        return Candidate.from_expr(expr).evaluate(xs)
-
-
-def _branch_correction(g: sp.Expr, region: np.ndarray, reg: float) -> sp.Expr:
-    d1 = sp.diff(g, X)
-    if d1.is_zero:
-        return sp.Integer(0)  # flat branch (ReLU's x < 0): no inverse, no correction
-    d2 = sp.diff(d1, X)
-    xs = CHECK_GRID[region]
-    gauss = sp.exp(-X**2 / 2)
-    if xs.size == 0:
-        # No grid point in the branch: nothing to check, use the always-finite form.
-        return gauss * (X + d2 * d1 / (d1**2 + reg**2))
-    slope = _values(d1, xs)
-    if (slope == 0).all():
-        return sp.Integer(0)
-    if (slope > 0).any() and (slope < 0).any():
-        return gauss * (X + d2 * d1 / (d1**2 + reg**2))
-    exact = sp.cancel(d2 / d1)
-    ratio = _values(exact, xs)
-    if np.isfinite(ratio).all() and np.abs(ratio).max() <= RATIO_MAX:
-        return gauss * (X + exact)
-    return gauss * (X + d2 * d1 / (d1**2 + reg**2))
-
-
-__all__ = ["output_entropy", "gaussian_entropy", "wafbc", "wafbc_distance", "correction",
-           "BIN_WIDTH", "REG"]
+__all__ = ["output_entropy", "output_law", "OutputLaw", "negentropy", "atom_mass",
+           "wafbc_distance", "gaussian_entropy", "wafbc", "BIN_WIDTH", "GRID_CELLS"]

@@ -6,7 +6,9 @@
 
 Where names come from, in this order:
 
-1. every base of `spaces.bases` (`gelu`, `relu`, `leaky_relu`, ..., `identity`);
+1. every base of `spaces.bases` (`gelu`, `relu`, `leaky_relu`, ..., `identity`, and
+   `prelu`, `squared_relu`, `star_relu`, whose own coefficients are learnable as in
+   their papers: `spaces.bases.base_candidate`);
 2. `crrelu`, the paper's CRReLU: relu(x) + eps*x*exp(-x**2/2), eps one learnable
    scalar per module, init 0.01 (`spaces.BASELINES["crrelu"]`);
 3. activations written by `python -m search.export` into folders listed in the
@@ -120,13 +122,11 @@ _warned: set[tuple] = set()
 
 def _builtins() -> dict[str, _Entry]:
     if not _builtin_entries:
-        from spaces.bases import list_bases
-        from spaces.candidate import parse
+        from spaces.bases import base_candidate, list_bases
         from spaces.space import BASELINES
 
         for base in list_bases():
-            c = parse("x" if base == "identity" else f"{base}(x)")
-            _builtin_entries[base] = _Entry(base, "built-in base", c)
+            _builtin_entries[base] = _Entry(base, "built-in base", base_candidate(base))
         _builtin_entries["crrelu"] = _Entry("crrelu", "built-in (CRReLU, the paper's)",
                                             BASELINES["crrelu"])
     return _builtin_entries
@@ -251,6 +251,13 @@ def register_path(folder) -> list[str]:
     return sorted(found)
 
 
+def builtin_candidates() -> dict:
+    """Every built-in activation by name, as a Candidate: the bases (with prelu's slope and
+    star_relu's scale and bias learnable) and crrelu. Any of these names can serve as a
+    baseline; `spaces.BASELINES` holds the default four."""
+    return {name: e.candidate for name, e in _builtins().items()}
+
+
 def list_activations(pattern: str | None = None) -> list[str]:
     """Every activation name, sorted; `pattern` filters with shell wildcards ("*relu*")."""
     names = sorted(_entries()[0])
@@ -306,5 +313,5 @@ def _load_exported(entry: _Entry) -> type:
     return cls
 
 
-__all__ = ["get_activation", "list_activations", "register_path", "class_name_for",
+__all__ = ["get_activation", "list_activations", "register_path", "builtin_candidates", "class_name_for",
            "check_activation_name", "ENV_VAR", "EXPORT_MARKER", "EXPORT_FORMAT"]

@@ -3,11 +3,22 @@
 `suggest` only calls `trial.suggest_categorical/int/float`, so a space runs
 under Optuna directly and under Ray Tune's define-by-run `OptunaSearch`.
 `build` turns a plain dict of params back into a Candidate anywhere (a Ray
-worker, a test, a results file), so params are all that travels.
+worker, a test, a results file), so params (and the space's `sigma`) are all
+that travels.
+
+sigma: the standard deviation of the activation's input that the EAFO theory
+assumes (x ~ N(0, sigma^2)). A space built with `get_space(name, sigma=s)` derives
+its EAFO corrections for that width; the default 1.0 is the paper's. Pass the
+pre-activation std measured on the proxy model at init
+(`evaluators.preactivation_std`), and record it with the study: `build` gives the
+same Candidate for the same params only at the same sigma. Terms that are
+literal formulas (CRReLU's x*exp(-x**2/2), the Hermite-Gaussian family) do not
+depend on it.
 """
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Callable
 
 import sympy as sp
@@ -29,6 +40,12 @@ class Space:
 
     name: str = ""
     description: str = ""
+
+    def __init__(self, sigma: float = 1.0):
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or \
+                not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"space {self.name!r}: sigma must be a finite number > 0, got {sigma!r}")
+        self.sigma = float(sigma)
 
     def suggest(self, trial) -> dict:
         raise NotImplementedError
@@ -65,7 +82,7 @@ class _RandomTrial:
         return float(self.rng.uniform(low, high))
 
 
-_SPACES: dict[str, Callable[[], Space]] = {}
+_SPACES: dict[str, Callable[..., Space]] = {}
 
 
 def register_space(cls):
@@ -78,12 +95,13 @@ def list_spaces() -> list[str]:
     return sorted(_SPACES)
 
 
-def get_space(name: str) -> Space:
+def get_space(name: str, *, sigma: float = 1.0) -> Space:
+    """A fresh instance of space `name` whose EAFO terms assume inputs N(0, sigma^2)."""
     if name not in _SPACES:
         close = difflib.get_close_matches(str(name), list(_SPACES), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown space {name!r}{hint}; valid spaces: {', '.join(list_spaces())}")
-    return _SPACES[name]()
+    return _SPACES[name](sigma=sigma)
 
 
 def with_coefficient(base: sp.Expr, term: sp.Expr, name: str, init: float,

@@ -2,7 +2,11 @@
 
 f(x) = base(x) + eps * term(x), where term is one of
 - `none`    : no correction (the plain base; eps does not exist),
-- `eafo`    : the base's own first-order EAFO correction (spaces.eafo.correction),
+- `eafo`    : the base's own first-order EAFO correction for inputs N(0, sigma^2),
+              sigma the space's (spaces.correction.correction; the paper's closed
+              form for invertible bases, this engine's projected one for GELU,
+              SiLU, Mish, hardswish; eps > 0 raises the output entropy, eps < 0 is
+              the EAFO descent step),
 - `crrelu`  : the CRReLU term x*exp(-x**2/2) transplanted onto any base,
 - `hermite` : a Hermite-Gaussian He_k(x)*exp(-x**2/2), k = 0..3 (probabilists'
               Hermite polynomials; k = 1 is the CRReLU term again).
@@ -27,15 +31,16 @@ EPS_RANGE = (-0.6, 0.5)
 HERMITE_MAX_K = 3
 
 
-def correction_term(base: str, family: str, k: int = 1) -> sp.Expr:
+def correction_term(base: str, family: str, k: int = 1, sigma: float = 1.0) -> sp.Expr:
+    """The term eps multiplies; only `eafo` depends on sigma (the others are literal)."""
     if family == "crrelu":
         return X * sp.exp(-X**2 / 2)
     if family == "hermite":
         return sp.expand(sp.hermite_prob(k, X)) * sp.exp(-X**2 / 2)
     if family == "eafo":
-        from spaces.eafo import correction
+        from spaces.correction import correction
 
-        return correction(base)
+        return correction(base, sigma)
     raise ValueError(f"unknown correction family {family!r}; valid: {', '.join(CORRECTIONS)}")
 
 
@@ -61,5 +66,5 @@ class EafoDefault(Space):
             return Candidate.from_expr(get_base(base))
         k = self._choice(params, "hermite_k", range(HERMITE_MAX_K + 1)) if family == "hermite" else 1
         init = float(params.get("eps_init", 0.01))
-        return with_coefficient(get_base(base), correction_term(base, family, k), "eps",
+        return with_coefficient(get_base(base), correction_term(base, family, k, self.sigma), "eps",
                                 init, bool(params.get("eps_learnable", True)))

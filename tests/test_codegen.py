@@ -42,7 +42,7 @@ def _points(n):
 
 @pytest.mark.parametrize("base", ALL_BASES)
 def test_gradcheck_every_base(base):
-    c = spaces.parse("x" if base == "identity" else f"{base}(x)")
+    c = spaces.base_candidate(base)  # prelu, star_relu: with their learnable coefficients
     assert gradcheck_module(c, _points(61))
 
 

@@ -1,4 +1,4 @@
-"""Tests for spaces.eafo: output entropy, the WAFBC, its distance, and EAFO corrections."""
+"""Tests for spaces.eafo: output entropy, the output law's scale-free scores, the WAFBC."""
 import math
 import time
 
@@ -7,12 +7,13 @@ import pytest
 import sympy as sp
 from scipy.special import ndtr, ndtri
 
-from spaces import eafo, get_base, list_bases, parse
+from scipy.stats import rankdata
+
+from spaces import eafo, get_base, parse
 from spaces.candidate import Candidate
-from spaces.functions import X, to_elementary
+from spaces.functions import X
 
 HX = 0.5 * math.log(2 * math.pi * math.e)  # H[N(0, 1)]
-EPS = sp.Symbol("eps", real=True)
 
 # The histogram and the change of variables are two computations of the same number
 # for atom-free monotone outputs; they differ by the O(h^2) terms of their quadratures.
@@ -211,108 +212,113 @@ def test_wafbc_distance_is_zero_for_wafbc(lower, upper, sigma):
 def test_wafbc_distance_positive_for_usual_activations():
     d = {name: eafo.wafbc_distance(name) for name in ("relu", "identity", "tanh", "gelu")}
     assert all(v > 0 for v in d.values()), d
-    # identity: log(6 / (Phi(3) - Phi(-3))) - H[X], in closed form.
+    # identity: log(6 / (Phi(3) - Phi(-3))) - H[X], in closed form; ReLU's continuous part
+    # (a half-normal on [0, 3] of the range) has the same distance, its atom aside.
     central = float(ndtr(3.0) - ndtr(-3.0))
-    assert d["identity"] == pytest.approx(math.log(6 / central) - HX, abs=1e-9)
-    assert d["relu"] > d["identity"]
+    assert d["identity"] == pytest.approx(math.log(6 / central) - HX, abs=1e-6)
+    half_normal = 0.5 * math.log(math.pi * math.e / 2)
+    assert d["relu"] == pytest.approx(math.log(3 / central) - half_normal, abs=1e-6)
     assert math.isnan(eafo.wafbc_distance(sp.Integer(2) + 0 * X))
 
 
-# ---- corrections ------------------------------------------------------------------------
-def test_relu_correction_is_crrelu_term_on_positive_branch():
-    corr = eafo.correction("relu")
-    xs = np.linspace(-5, 5, 1001)
-    vals = Candidate.from_expr(corr).evaluate(xs)
-    crrelu_term = xs * np.exp(-xs**2 / 2)
-    pos = xs > 0
-    assert np.allclose(vals[pos] / crrelu_term[pos], 1.0, rtol=0, atol=1e-12)
-    assert np.all(vals[xs < 0] == 0)
+# ---- the output law: atoms, continuous part, scale-free scores ---------------------------
+# The activations of the issue that showed the bin-width problem (ReLU's rank against
+# CRReLU's flipped with the width), CRReLU at both signs of eps.
+RANKED = {
+    "relu": parse("relu(x)"), "leaky_relu": parse("leaky_relu(x)"),
+    "crrelu+": parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.01}),
+    "crrelu-": parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": -0.01}),
+    "elu": parse("elu(x)"), "gelu": parse("gelu(x)"), "silu": parse("silu(x)"),
+    "tanh": parse("tanh(x)"),
+}
+SCORES = ("negentropy", "wafbc_distance", "atom_mass")
 
 
-@pytest.mark.parametrize("name", ["identity", "leaky_relu"])
-def test_linear_branches_give_the_whole_line_crrelu_term(name):
-    assert sp.simplify(eafo.correction(name) - X * sp.exp(-X**2 / 2)) == 0
+def test_relu_law_is_an_atom_and_a_half_normal():
+    law = eafo.output_law("relu")
+    assert law.atom_values == (0.0,) and law.atom_mass == pytest.approx(0.5, abs=1e-12)
+    # Half-normal: entropy 1/2 log(pi e / 2), std sqrt(1 - 2/pi), mean sqrt(2/pi).
+    assert law.continuous_entropy == pytest.approx(0.5 * math.log(math.pi * math.e / 2), abs=1e-6)
+    assert law.continuous_std == pytest.approx(math.sqrt(1 - 2 / math.pi), abs=1e-6)
+    assert law.continuous_mean == pytest.approx(math.sqrt(2 / math.pi), abs=1e-6)
+    negentropy = 0.5 * math.log(2 * math.pi * math.e * (1 - 2 / math.pi)) - \
+        0.5 * math.log(math.pi * math.e / 2)
+    assert law.negentropy == pytest.approx(negentropy, abs=1e-6)  # 0.187
+    # The paper's number is the same law with the atom charged at a bin width.
+    assert law.entropy(1e-2) == pytest.approx(eafo.output_entropy("relu"), abs=1e-12)
 
 
-def test_tanh_correction_closed_form():
-    # f''/f' = -2 tanh(x) for tanh, kept exact (no regularisation) because f' > 0.
-    assert sp.simplify(eafo.correction("tanh") - sp.exp(-X**2 / 2) * (X - 2 * sp.tanh(X))) == 0
+@pytest.mark.parametrize("sigma", [0.16, 1.0, 3.0])
+def test_linear_output_is_gaussian_with_zero_negentropy(sigma):
+    for f in ("identity", 2.5 * X - 1):
+        law = eafo.output_law(f, sigma)
+        assert law.atom_mass == 0 and abs(law.negentropy) < 1e-6
 
 
-def test_elu_branches():
-    corr = eafo.correction("elu")
-    vals = Candidate.from_expr(corr).evaluate(np.array([-2.0, 2.0]))
-    # x < 0: f''/f' = exp(x)/exp(x) = 1; x > 0: 0.
-    assert vals == pytest.approx([(-2 + 1) * math.exp(-2), 2 * math.exp(-2)], abs=1e-12)
+def test_tanh_negentropy_matches_independent_quadrature():
+    # Var[tanh X] and H[tanh X] by Gauss-Hermite (probabilists', 200 nodes), not the grid.
+    t, w = np.polynomial.hermite_e.hermegauss(200)
+    w = w / w.sum()
+    var = np.dot(w, np.tanh(t) ** 2)
+    assert eafo.output_law("tanh").continuous_std == pytest.approx(math.sqrt(var), abs=1e-6)
+    log_cosh = np.abs(t) + np.log1p(np.exp(-2 * np.abs(t))) - math.log(2)
+    entropy = HX - 2 * np.dot(w, log_cosh)
+    expected = 0.5 * math.log(2 * math.pi * math.e * var) - entropy
+    assert eafo.negentropy("tanh") == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gelu", "silu", "mish"])
-def test_non_monotone_bases_use_regularised_ratio(name):
-    base = get_base(name)
-    d1, d2 = sp.diff(base, X), sp.diff(base, X, 2)
-    corr = eafo.correction(name)
-    xs = np.linspace(-6, 6, 601)
-    got = Candidate.from_expr(corr).evaluate(xs)
-    # Reference evaluated independently of the code generator: numpy on elementary forms.
-    reg_ratio = to_elementary(d2 * d1 / (d1**2 + sp.Float(eafo.REG) ** 2))
-    ratio = sp.lambdify(X, reg_ratio, modules=["scipy", "numpy"])(xs)
-    assert np.allclose(got, np.exp(-xs**2 / 2) * (xs + ratio), atol=1e-12)
-    # Bounded by max|f''| / (2 reg) away from the Gaussian factor.
-    assert np.all(np.abs(got) <= np.exp(-xs**2 / 2) * (np.abs(xs) + 5.0))
-    # A different reg is a different expression; reg must be positive.
-    assert eafo.correction(name, reg=0.3) != corr
-    with pytest.raises(ValueError, match="reg"):
-        eafo.correction(name, reg=0)
+@pytest.mark.parametrize("sigma", [0.16, 1.0])
+def test_scores_are_scale_invariant(sigma):
+    """Multiplying an activation by a > 0 (which a following linear layer undoes) leaves
+    every score unchanged to 1e-3 (in fact 3e-6); the paper's entropy moves by log a."""
+    for name, cand in RANKED.items():
+        law = eafo.output_law(cand, sigma)
+        for a in (0.01, 0.5, 3.0, 100.0):
+            scaled = eafo.output_law(Candidate.from_expr(sp.Float(a) * cand.substituted()), sigma)
+            for score in SCORES:
+                assert getattr(scaled, score) == pytest.approx(getattr(law, score), abs=1e-5), \
+                    (name, a, score)
+        if law.atom_mass == 0:
+            scaled = Candidate.from_expr(3 * cand.substituted())
+            assert eafo.output_entropy(scaled, sigma) == pytest.approx(
+                eafo.output_entropy(cand, sigma) + math.log(3), abs=1e-6)
 
 
-def test_monotone_touching_zero_gets_regularised():
-    # f = x**3: f' = 3x^2 >= 0 but f''/f' = 2/x has a pole at 0.
-    corr = eafo.correction(X**3)
-    vals = Candidate.from_expr(corr).evaluate(np.linspace(-1, 1, 2001))
-    assert np.isfinite(vals).all()
+@pytest.mark.parametrize("sigma", [0.16, 1.0])
+def test_rankings_do_not_depend_on_the_resolution(sigma):
+    """The ranking of ReLU, leaky ReLU, CRReLU (both signs), ELU, GELU, SiLU and tanh by
+    each score is the same with 10x coarser and 10x finer cells (values agree to 1e-3).
+    The paper's entropy with a bin width fails this: the order of ReLU and CRReLU flips."""
+    laws = {cells: [eafo.output_law(c, sigma, cells=cells) for c in RANKED.values()]
+            for cells in (800, 8000, 80000)}
+    for score in SCORES:
+        values = {cells: [getattr(law, score) for law in ls] for cells, ls in laws.items()}
+        ranks = {cells: tuple(rankdata(v)) for cells, v in values.items()}
+        assert len(set(ranks.values())) == 1, (score, ranks)
+        assert np.allclose(values[800], values[80000], atol=1e-3), (score, values)
+    order = {w: np.argsort([law.entropy(w) for law in laws[8000]]) for w in (1e-1, 1e-3)}
+    assert list(order[1e-1]) != list(order[1e-3])
 
 
-def test_correction_of_max_min_expression_is_per_branch():
-    corr = eafo.correction(sp.Max(-1, sp.Min(1, X)))  # hard-tanh: flat outside [-1, 1]
-    vals = Candidate.from_expr(corr).evaluate(np.array([-3.0, 0.5, 3.0]))
-    assert vals == pytest.approx([0.0, 0.5 * math.exp(-0.125), 0.0], abs=1e-12)
+def test_crrelu_has_no_atom_and_both_signs_score_alike():
+    """CRReLU's term spreads ReLU's atom into a thin continuous lobe: no atom, a large
+    negentropy, nearly the same for eps = +-0.01 (the bin-width entropy said both signs
+    'lower' the entropy below ReLU's)."""
+    plus, minus = (eafo.output_law(RANKED[k]) for k in ("crrelu+", "crrelu-"))
+    assert plus.atom_mass == minus.atom_mass == 0
+    assert plus.negentropy == pytest.approx(minus.negentropy, abs=0.02)
+    assert plus.negentropy > eafo.negentropy("relu") + 1
 
 
-ALLOWED_FUNCS = (sp.exp, sp.log, sp.erf, sp.tanh, sp.Abs, sp.Max, sp.Min, sp.Piecewise)
+def test_fold_on_a_midpoint_is_not_an_atom():
+    # The CRReLU term's derivative vanishes at x = -1, a cell midpoint of the 800-cell grid
+    # at sigma 0.16: a point, not a flat region.
+    law = eafo.output_law(RANKED["crrelu+"], 0.16, cells=800)
+    assert law.atom_mass == 0
 
 
-@pytest.mark.parametrize("name", list_bases())
-def test_every_base_correction_is_finite_and_composable(name):
-    corr = eafo.correction(name)
-    assert corr.free_symbols <= {X}
-    for func in corr.atoms(sp.Function):
-        assert isinstance(func, ALLOWED_FUNCS) or type(func).__module__ == "spaces.functions", func
-    for pw in corr.atoms(sp.Piecewise):
-        assert pw.args[-1].cond == sp.true
-    wide = np.linspace(-50, 50, 10001)
-    assert np.isfinite(Candidate.from_expr(corr).evaluate(wide)).all()
-    combined = Candidate.from_expr(get_base(name) + EPS * corr, init={"eps": 0.01})
-    xs = np.linspace(-20, 20, 1001)
-    assert np.isfinite(combined.evaluate(xs)).all()
-    assert np.isfinite(combined.evaluate(xs, derivative=True)).all()
-
-
-@pytest.mark.parametrize("name", ["identity", "tanh", "sigmoid", "softplus", "elu", "selu"])
-def test_sign_convention_eps_positive_raises_entropy(name):
-    # For invertible bases the first-order entropy change along the correction is
-    # >= 0 (it is the squared functional gradient): eps > 0 moves towards the WAFBC,
-    # eps < 0 is the EAFO descent step.
-    cand = Candidate.from_expr(get_base(name) + EPS * eafo.correction(name), init={"eps": 0.01})
-    down, mid, up = (eafo.output_entropy(cand.substituted({"eps": e})) for e in (-0.05, 0, 0.05))
-    assert down < mid < up
-    # identity: dH/deps at 0 is E[(1 - x^2) exp(-x^2/2)] = 1 / (2 sqrt 2).
-    if name == "identity":
-        assert (up - down) / 0.1 == pytest.approx(1 / (2 * math.sqrt(2)), rel=1e-2)
-
-
-def test_correction_accepts_candidate_and_rejects_free_symbols():
-    cand = parse("a*tanh(x)", init={"a": 2.0})
-    # Scaling f does not change f''/f'.
-    assert sp.simplify(eafo.correction(cand) - eafo.correction("tanh")) == 0
-    with pytest.raises(ValueError, match="Candidate"):
-        eafo.correction(sp.Symbol("a", real=True) * X)
+def test_law_of_a_non_finite_function_is_nan():
+    law = eafo.output_law(sp.log(X))
+    assert all(math.isnan(getattr(law, s)) for s in ("negentropy", "wafbc_distance"))
+    with pytest.raises(ValueError, match="cells"):
+        eafo.output_law("relu", cells=801)

@@ -38,15 +38,19 @@ def test_every_base_matches_its_torch_nn_module(base):
     y2.sum().backward()
     torch.testing.assert_close(y1, y2, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-6)
-    assert cls.__name__ == registry.class_name_for(base) and list(ours.parameters()) == []
+    assert cls.__name__ == registry.class_name_for(base)
+    # prelu's slope and star_relu's scale and bias are parameters, as in the reference
+    assert len(list(ours.parameters())) == len([p for p in ref.parameters() if p.requires_grad])
     assert spaces.get_activation(base) is cls  # generated once
 
 
 def test_class_names_follow_the_rule():
     assert {n: spaces.get_activation(n).__name__ for n in
-            ("gelu", "silu", "relu", "leaky_relu", "gelu_tanh", "crrelu", "tanh", "identity")} == {
+            ("gelu", "silu", "relu", "leaky_relu", "gelu_tanh", "crrelu", "tanh", "identity",
+             "prelu", "squared_relu", "star_relu")} == {
         "gelu": "GELU", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LeakyReLU",
-        "gelu_tanh": "GELUTanh", "crrelu": "CRReLU", "tanh": "Tanh", "identity": "Identity"}
+        "gelu_tanh": "GELUTanh", "crrelu": "CRReLU", "tanh": "Tanh", "identity": "Identity",
+        "prelu": "PReLU", "squared_relu": "SquaredReLU", "star_relu": "StarReLU"}
     assert registry.class_name_for("trial_12") == "Trial12"
     assert registry.class_name_for("MyAct") == "MyActModule"  # never equal to the function
 
@@ -62,11 +66,24 @@ def test_crrelu_is_the_papers():
     assert "formula=" in repr(m)
 
 
+def test_builtin_candidates_are_every_builtin_name_with_its_own_coefficients():
+    """What a --baselines list may name: every base (PReLU, squared ReLU and StarReLU
+    included) and crrelu, each the Candidate its class was generated from."""
+    built = spaces.builtin_candidates()
+    assert sorted(built) == sorted(BUILTINS)
+    assert {"prelu", "squared_relu", "star_relu"} <= set(built)
+    assert built["prelu"].learnable == {"slope": 0.25}
+    assert built["crrelu"] == spaces.BASELINES["crrelu"]
+    for name, c in built.items():
+        assert spaces.get_activation(name).candidate == c
+
+
 def test_list_and_unknown_names():
     names = spaces.list_activations()
     assert names == sorted(BUILTINS)
     assert spaces.list_activations("*elu*") == ["celu", "crrelu", "elu", "gelu", "gelu_tanh",
-                                                "leaky_relu", "relu", "selu"]
+                                                "leaky_relu", "prelu", "relu", "selu",
+                                                "squared_relu", "star_relu"]
     with pytest.raises(ValueError, match=r"unknown activation 'gleu'; did you mean 'gelu'"):
         spaces.get_activation("gleu")
     with pytest.raises(ValueError, match=r"did you mean 'crrelu'.*valid: celu, crrelu"):

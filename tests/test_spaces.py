@@ -53,6 +53,29 @@ def test_crrelu_and_plain_bases_are_points_of_eafo_default():
         assert s.build({"base": base, "correction": "none"}).fingerprint == spaces.BASELINES[base].fingerprint
 
 
+def test_sigma_reaches_the_eafo_correction_and_only_it():
+    """get_space(name, sigma=s): the eafo family's term is correction(base, s); the
+    literal terms (CRReLU's, Hermite-Gaussian) and the plain bases do not depend on s."""
+    from spaces.correction import correction
+    from spaces.functions import X
+
+    narrow, wide = spaces.get_space("eafo_default", sigma=0.16), spaces.get_space("eafo_default")
+    assert narrow.sigma == 0.16 and wide.sigma == 1.0
+    p = {"base": "tanh", "correction": "eafo", "eps_init": -0.1, "eps_learnable": False}
+    eps = narrow.build(p).coefficients["eps"][0]
+    assert narrow.build(p).substituted() == (spaces.get_base("tanh") + eps * correction("tanh", 0.16))
+    assert narrow.build(p).fingerprint != wide.build(p).fingerprint
+    for q in ({"base": "relu", "correction": "crrelu", "eps_init": 0.01, "eps_learnable": True},
+              {"base": "gelu", "correction": "hermite", "hermite_k": 2, "eps_init": 0.1,
+               "eps_learnable": False}, {"base": "silu", "correction": "none"}):
+        assert narrow.build(q).fingerprint == wide.build(q).fingerprint
+    assert spaces.get_space("crrelu", sigma=0.16).build({"eps_init": 0.01}).expr.has(
+        X * spaces.parse("exp(-x**2/2)").expr)
+    for bad in (0, -1.0, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="sigma"):
+            spaces.get_space("eafo_default", sigma=bad)
+
+
 def test_baselines_are_points_of_unary_binary():
     s = spaces.get_space("unary_binary")
     pts = {"relu": {"binary": "max", "unary1": "x", "unary2": "zero"},

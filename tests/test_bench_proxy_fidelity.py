@@ -1,0 +1,61 @@
+"""bench/proxy_fidelity.py: its activations, its rank statistics and a resumable smoke run
+(the 40-minute measurement itself belongs to the benchmark, not the tests)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import spaces
+from spaces import eafo
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "proxy_fidelity.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_proxy_fidelity", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_twelve_distinct_activations_and_descent_steps_lower_the_entropy(bench):
+    acts = {n: bench.activation(n, 0.158)[0] for n in bench.ACTIVATIONS}
+    assert len(acts) >= 12 and {"prelu", "squared_relu", "gelu-eafo", "silu-eafo"} <= set(acts)
+    assert len({c.fingerprint for c in acts.values()}) == len(acts)
+    for base in ("gelu", "silu"):
+        step = acts[f"{base}-eafo"]
+        assert step.coefficients == {"eps": (bench.DESCENT_EPS, False)} and bench.DESCENT_EPS < 0
+        assert eafo.output_entropy(step, 0.158) < eafo.output_entropy(base, 0.158)
+    with pytest.raises(SystemExit, match="unknown activation"):
+        bench.activation("gleu", 1.0)
+
+
+def test_rank_agreement_has_tau_p_and_a_bootstrap_interval(bench):
+    ref = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    same = bench.rank_agreement([1, 2, 3, 4, 5, 6, 7, 8], ref)
+    assert same["tau"] == pytest.approx(1.0) and same["p"] < 1e-3 and same["n"] == 8
+    assert same["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    noisy = bench.rank_agreement([2, 1, 4, 3, 6, 5, float("nan"), 7], ref)
+    assert noisy["n"] == 7 and 0 < noisy["tau"] < 1
+    assert noisy["ci95"][0] <= noisy["tau"] <= noisy["ci95"][1]
+    assert bench.rank_agreement([1, 2], [1, 2])["tau"] is None
+
+
+def test_a_finished_trial_is_read_back_not_trained_again(bench, tmp_path):
+    from evaluators import ProxyTask
+
+    task = ProxyTask(train_size=200, val_size=200, epochs=1, device="cpu", num_threads=1)
+    relu = spaces.parse("relu(x)")
+    first = bench.run_trial(task, "relu", relu, 1, 0, tmp_path)
+    assert first["status"] == "ok" and "resumed" not in first
+    (saved,) = tmp_path.iterdir()
+    assert saved.name == "relu__B1__s0.json"
+    again = bench.run_trial(task, "relu", relu, 1, 0, tmp_path)
+    assert again["resumed"] and again["score"] == first["score"]
+    # Other settings under the same name (here: the formula) are trained, not read back.
+    data = json.loads(saved.read_text())
+    data["settings"]["formula"] = "tanh(x)"
+    saved.write_text(json.dumps(data))
+    assert "resumed" not in bench.run_trial(task, "relu", relu, 1, 0, tmp_path)
