@@ -62,6 +62,7 @@ import math
 import platform
 import re
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -240,7 +241,8 @@ def _check_is_a_study(study_dir: Path) -> None:
     listed = [f"{d} ({'finished' if (d / 'best.json').is_file() else 'no best.json yet: not finished'})"
               for d in studies[:8]]
     more = f" and {len(studies) - 8} more" if len(studies) > 8 else ""
-    raise UsageError(f"{study_dir} is a folder of {len(studies)} studies, not a study; export one of them, "
+    many = f"{len(studies)} studies" if len(studies) > 1 else "1 study"
+    raise UsageError(f"{study_dir} is a folder of {many}, not a study; export one of them, "
                      f"e.g. python -m search.export {studies[0]} --out DIR. Studies: {'; '.join(listed)}{more}")
 
 
@@ -381,7 +383,9 @@ def _docstring(e: dict, name: str, cls: str, values: dict, learned: bool, export
         lines += ["Plain PyTorch: imports torch only. Training runs a memory-efficient autograd.Function",
                   "(saves only the input); traced, scripted, exported (ONNX, torch.export), compiled or",
                   "without gradients, forward computes the formula as plain torch ops."]
-    return "\n".join(lines)
+    # long lines (the learned coefficients' explanation) wrapped, continuations indented
+    return "\n".join(wrapped for line in lines
+                     for wrapped in (textwrap.wrap(line, 96, subsequent_indent="    ") or [""]))
 
 
 def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None,

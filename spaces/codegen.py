@@ -190,6 +190,7 @@ def kernel_functions(expr: sp.Expr, learnable: list[str], native: bool = True) -
 # The parts of a module after its kernels: short templates, filled with checked names,
 # float literals and text that passed _doc_safe.
 _BINDINGS = """
+
 _KERNELS = _Kernels({prefix}_fwd, {prefix}_bwd, {prefix}_eager_fwd, {prefix}_eager_bwd, {fused})
 use_compiled_kernels = _KERNELS.use_compiled
 kernel_info = _KERNELS.info
@@ -274,13 +275,14 @@ def module_source(expr: sp.Expr, learnable: dict[str, float], *, class_name: str
                             for n in names) or "        pass\n",
         self_args="".join(f", self.{n}" for n in names))
     return "".join([
-        _docstring_literal(docstring), "\n", imports, "import torch.nn.functional as F\n\n", runtime, "\n\n",
+        _docstring_literal(docstring), "\n", imports, "import torch.nn.functional as F\n" if "F." in functions else "",
+        "\n", runtime, "\n\n",
         "# ---- this activation's formula and kernels ----\n",
         f"__all__ = [{', '.join(map(repr, api))}]\n\n",
         f"FORMULA = {formula!r}\n",
         f"COEFFICIENTS = {inits!r}  # name -> initial value (learnable ones)\n\n\n",
         functions,
-        f"\n# C source of the fused float32 CPU kernels (spaces.kernels.c_source): only float literals\n"
+        f"\n\n# C source of the fused float32 CPU kernels (spaces.kernels.c_source): only float literals\n"
         f"# and fixed names. None where a form has no C counterpart.\n_C_SOURCE = {source_literal(c_source)}\n"
         if native else "",
         _BINDINGS.format(**fields), _FUNCTION_CLASS.format(**fields), _MODULE_CLASS.format(**fields),

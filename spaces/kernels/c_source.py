@@ -123,7 +123,7 @@ def kernel_source(expr: sp.Expr, derivs: list[sp.Expr], coefficients: list[sp.Sy
     except Unsupported:
         return None
     coefs = "".join(f"    const float c{i} = c[{i}];\n" for i in range(k))
-    sums = "".join(f"float s{i} = 0.0f; " for i in range(k))
+    sums = " ".join(f"float s{i} = 0.0f;" for i in range(k))
     reduction = f" reduction(+:{', '.join(f's{i}' for i in range(k))})" if k else ""
     accumulate = "".join(f"{ind}s{i} += gi * {d};\n" for i, d in enumerate(printed[1:]))
     store = "".join(f"        block_sums[b * {k} + {i}] = s{i};\n" for i in range(k))

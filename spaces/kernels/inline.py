@@ -63,7 +63,7 @@ def _part(module_name: str) -> tuple[tuple[str, ...], str, frozenset, frozenset]
         raise ValueError(f"{module_name}: top-level names {public} do not start with an underscore")
     doc = [f"# {line}".rstrip() for line in (ast.get_docstring(tree) or "").split("\n")]
     kept = "\n".join(line for i, line in enumerate(lines) if i not in drop)
-    body = "\n".join([f"# ---- {module_name.replace('.', '/')}.py ----", *doc, "", ""]) + \
+    body = "\n".join([f"# ---- {module_name.replace('.', '/')}.py ----", *doc, "", "", ""]) + \
         re.sub(r"\n{4,}", "\n\n\n", kept).strip("\n")
     return tuple(imports), body + "\n", frozenset(defined), frozenset(taken)
 
