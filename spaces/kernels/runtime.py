@@ -47,6 +47,11 @@ def _compile_kernel(f):
         return torch.compile(f, fullgraph=True)
 
 
+# torch.compiler.is_exporting arrived in torch 2.6; before, a non-strict export (the
+# default) still shows as compiling with FakeTensor inputs, which plain_ops_wanted sees
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def _is_low_precision(x):
     return x.dtype in (torch.float16, torch.bfloat16)
 
@@ -73,7 +78,7 @@ class _Kernels:
         no plain tensor (an export's FakeTensor, an fx Proxy), and, without fused kernels,
         under torch.compile or where no gradient is recorded. (torch.onnx.is_in_onnx_export
         adds nothing to the first two and costs ~1.7 us a call.)"""
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or type(x) is not torch.Tensor:
+        if torch.jit.is_tracing() or _is_exporting() or type(x) is not torch.Tensor:
             return True
         if self.fused is None:
             return torch.compiler.is_compiling() or not torch.is_grad_enabled()
