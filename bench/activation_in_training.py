@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import spaces  # noqa: E402
+from spaces.codegen import module_of  # noqa: E402
 from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
 from bench.machine import describe_cpu  # noqa: E402
 from evaluators.models import build_model, get_preset  # noqa: E402
@@ -103,12 +104,15 @@ def main(argv=None) -> dict:
     size = args.image_size or get_preset(args.model).img_size or 28
     acts = activations()
     # Generated classes are shared (cached per candidate): switch them back when done.
-    switches = [a.forward.__globals__["use_compiled_kernels"] for n, a in acts.items()
+    switches = [module_of(a).use_compiled_kernels for n, a in acts.items()
                 if args.fused and n.startswith("generated")]
     for use_compiled_kernels in switches:
         use_compiled_kernels(True)
     try:
         times, faults = measure(acts, args.model, args.batch_size, size, args.rounds, device)
+        cpu32 = device.type == "cpu"  # (the models train in float32)
+        kernels = {n: module_of(a).kernel_info()["float32_cpu" if cpu32 else "other"]
+                   for n, a in acts.items() if n.startswith("generated")}
     finally:
         for use_compiled_kernels in switches:
             use_compiled_kernels(False)
@@ -119,6 +123,7 @@ def main(argv=None) -> dict:
         # float32 CPU modules run our C kernels unless EAFO_NATIVE_KERNELS=0 (then op by op,
         # or torch.compile's kernels with --fused)
         "c_kernels": os.environ.get("EAFO_NATIVE_KERNELS", "1") != "0",
+        "kernels": kernels,  # what each generated module's autograd.Function ran (its kernel_info())
         "allocator": allocator,
         "versions": {"torch": torch.__version__, "python": platform.python_version()}, "cpu": describe_cpu(),
         "ms_per_step": {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()},

@@ -5,15 +5,18 @@
     PYTHONPATH=. python bench/activation_kernels.py --device cuda --markdown
 
 Activations: CRReLU, three other candidates (a GELU and a SiLU correction, a
-unary_binary mix) and one module exported by `search.export` from a synthetic study
-folder and loaded back through `spaces.get_activation`; references nn.GELU and nn.SiLU.
+unary_binary mix) and CRReLU exported by `search.export` from a synthetic study folder,
+twice: with `--native` (the fused C kernels, as the engine runs it) and as it is by
+default (plain PyTorch), both loaded back through `spaces.get_activation`; references
+nn.GELU and nn.SiLU. Each row says which kernels ran (the module's `kernel_info()`).
 
 Modes, each timed as y = act(x); autograd.grad(y, [x, *coefficients], g):
 - naive:    the plain generated function (`<name>(x, **coefficients)`): one torch op per
             node, differentiated op by op by autograd, which saves every intermediate;
 - eager:    the module as it comes (its autograd.Function: saves only x, backward = sympy
-            derivative); float32 on the CPU: our C kernels (`spaces.native`), one fused
-            kernel each way, where the form has them and a compiler builds them;
+            derivative); float32 on the CPU: our C kernels (`spaces.kernels.c_loader`), one
+            fused kernel each way, where the form has them and a compiler builds them (the
+            default export has none: in-place ops);
 - eager_ops: (CPU float32) the same after use_native_kernels(False): op by op, in place;
 - fused:    the module with `use_compiled_kernels()` (float32 on the CPU: the C kernels
             again; elsewhere torch.compile's kernels);
@@ -55,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import spaces  # noqa: E402
+from spaces.codegen import module_of  # noqa: E402
 from bench.allocator import keep_freed_memory, page_faults  # noqa: E402
 from bench.machine import describe_cpu  # noqa: E402
 
@@ -73,8 +77,9 @@ def candidates() -> dict[str, spaces.Candidate]:
     }
 
 
-def exported_class(folder: Path) -> type:
-    """Export CRReLU (learned eps) from a synthetic study folder; load it via the registry."""
+def exported_classes(folder: Path) -> dict[str, type]:
+    """Export CRReLU (learned eps) from a synthetic study folder, with --native and without;
+    load both via the registry."""
     from search.export import export_activation
 
     c = spaces.BASELINES["crrelu"]
@@ -84,14 +89,10 @@ def exported_class(folder: Path) -> type:
         "study": "bench", "label": "crrelu_exported", "candidate": c.to_dict(), "params": None,
         "fingerprint": c.fingerprint, "learned_coefficients": {"eps": -0.2},
         "confirmed": None, "vs_gelu": None, "versions": {}, "created": "synthetic"}))
-    out = export_activation(study, folder / "acts", learned=True)
+    export_activation(study, folder / "acts", learned=True, native=True)
+    out = export_activation(study, folder / "acts", name="crrelu_exported_plain", learned=True)
     spaces.register_path(out.parent)
-    return spaces.get_activation("crrelu_exported")
-
-
-def generated_module(cls):
-    """The namespace a generated class was defined in (its kernels, plain function)."""
-    return cls.forward.__globals__
+    return {n: spaces.get_activation(n) for n in ("crrelu_exported", "crrelu_exported_plain")}
 
 
 # ---- measurement -----------------------------------------------------------------------
@@ -117,34 +118,41 @@ def saved_bytes(fn, x: torch.Tensor) -> tuple[int, int, int]:
 
 
 class Variant:
-    """One (activation, mode) to time. `kernels`: the fused mode's kernels, swapped into the
-    generated module's `_KERNELS` table only while this variant runs (the eager and
-    compiled variants of the same class must keep seeing the plain kernels)."""
+    """One (activation, mode) to time. `module`: the generated module, whose switches are
+    set only while this variant runs (the variants of one class share its kernels):
+    `compiled` turns use_compiled_kernels() on, `native_off` use_native_kernels() off."""
 
-    def __init__(self, name, mode, fn, params, formula, table=None, kernels=None, native_off=None):
+    def __init__(self, name, mode, fn, params, formula, module=None, compiled=False, native_off=False):
         self.name, self.mode, self.fn, self.params, self.formula = name, mode, fn, params, formula
-        self.table, self.kernels = table, kernels
-        self.native_off = native_off  # the generated module's use_native_kernels, to switch off
+        self.module, self.compiled, self.native_off = module, compiled, native_off
         self.times: list[float] = []
         self.faults: list[float] = []  # page faults per iteration, one entry per sample
         self.warmup_s = None
         self.saved = self.saved_tensors = self.saved_total = None
-        self.kernels_kind = {"fused_inductor": "torch.compile", "fused": "torch.compile"}.get(mode)
+        self.kernels_kind = None  # what kernel_info() said ran (eager modes of generated modules)
 
     @contextmanager
     def active(self):
-        if self.native_off is not None:
-            self.native_off(False)
-        plain = dict(self.table) if self.kernels is not None else None
-        if plain is not None:
-            self.table.update(self.kernels)
+        if self.native_off:
+            self.module.use_native_kernels(False)
+        if self.compiled:
+            self.module.use_compiled_kernels(True)
         try:
             yield
         finally:
-            if plain is not None:
-                self.table.update(plain)
-            if self.native_off is not None:
-                self.native_off(True)
+            if self.compiled:
+                self.module.use_compiled_kernels(False)
+            if self.native_off:
+                self.module.use_native_kernels(True)
+
+    def record_kernels(self, x):
+        """Which kernels the module's autograd.Function runs for x, as kernel_info() says."""
+        if self.module is not None and self.mode != "naive":
+            with self.active():
+                info = self.module.kernel_info()
+            cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+            self.kernels_kind = info["under_torch_compile"] if self.mode == "compiled" else \
+                info["float32_cpu" if cpu32 else "other"]
 
     def run(self, x, g, n: int, sync) -> float:
         with self.active():
@@ -164,36 +172,26 @@ class Variant:
 
 
 def variants_for(name: str, cls: type, modes: list[str], device, dtype) -> list[Variant]:
+    module = module_of(cls)
     mod = cls().to(device=device, dtype=dtype)
-    ns = generated_module(cls)
     params = [p for _, p in mod.named_parameters()]
     names = [n for n, _ in mod.named_parameters()]
-    formula = ns["FORMULA"]
-    plain = ns[ns["__all__"][0]]
+    formula = module.FORMULA
+    plain = getattr(module, module.__all__[0])
+    fused_cpu = device.type == "cpu" and dtype == torch.float32 and hasattr(module, "use_native_kernels")
     out = []
     if "naive" in modes:
         out.append(Variant(name, "naive", lambda x: plain(x, **dict(zip(names, params))), params, formula))
-    cpu32 = device.type == "cpu" and dtype == torch.float32
     if "eager" in modes:
-        out.append(Variant(name, "eager", mod, params, formula))
-        if cpu32 and ns["_native_kernels"]() is not None:
-            out[-1].kernels_kind = "c"
-    if "eager_ops" in modes and cpu32:
-        out.append(Variant(name, "eager_ops", mod, params, formula, native_off=ns["use_native_kernels"]))
+        out.append(Variant(name, "eager", mod, params, formula, module))
+    if "eager_ops" in modes and fused_cpu:
+        out.append(Variant(name, "eager_ops", mod, params, formula, module, native_off=True))
     if "fused" in modes:
-        ns["use_compiled_kernels"](True)
-        fused = dict(ns["_KERNELS"])
-        ns["use_compiled_kernels"](False)
-        out.append(Variant(name, "fused", mod, params, formula, ns["_KERNELS"], fused))
-        out[-1].kernels_kind = "c" if cpu32 and ns["_native_kernels"]() is not None else "torch.compile"
-    if "fused_inductor" in modes and cpu32:
-        ns["use_compiled_kernels"](True)
-        fused = dict(ns["_KERNELS"])
-        ns["use_compiled_kernels"](False)
-        out.append(Variant(name, "fused_inductor", mod, params, formula, ns["_KERNELS"], fused,
-                           native_off=ns["use_native_kernels"]))
+        out.append(Variant(name, "fused", mod, params, formula, module, compiled=True))
+    if "fused_inductor" in modes and fused_cpu:
+        out.append(Variant(name, "fused_inductor", mod, params, formula, module, compiled=True, native_off=True))
     if "compiled" in modes:
-        out.append(Variant(name, "compiled", torch.compile(mod, fullgraph=True), params, formula))
+        out.append(Variant(name, "compiled", torch.compile(mod, fullgraph=True), params, formula, module))
     return out
 
 
@@ -248,7 +246,7 @@ def main(argv=None) -> int:
     allocator = keep_freed_memory() if args.malloc == "kept" else "default"
     tmp = tempfile.TemporaryDirectory(prefix="eafo-bench-")
     acts = {n: c.module_class() for n, c in candidates().items()}
-    acts["crrelu_exported"] = exported_class(Path(tmp.name))
+    acts.update(exported_classes(Path(tmp.name)))
     variants = reference_variants(set(modes), device, dtype)
     for name, cls in acts.items():
         variants += variants_for(name, cls, modes, device, dtype)
@@ -267,6 +265,7 @@ def main(argv=None) -> int:
             v.run(x, g, 1, sync)
         v.warmup_s = round(time.perf_counter() - t0, 2)
         v.measure_saved(x)
+        v.record_kernels(x)
     for v in variants:
         v.faults.clear()  # warm-up and the memory count touched fresh memory on purpose
     order = random.Random(0)

@@ -24,21 +24,24 @@ def cpu_model() -> str:
 
 def describe_cpu() -> dict:
     """Model, cores, the widest vector ISA inductor finds, the vector width torch.compile's
-    fused kernels compile with (`_cpu_kernel_options` in spaces.codegen), and the compiler
-    command line of our C kernels (spaces.native; None where they cannot be built)."""
+    fused kernels compile with (`_cpu_kernel_options` in spaces.kernels.runtime), and the
+    compiler command line of our C kernels (spaces.kernels.c_loader; None where they cannot
+    be built), as a generated module's kernel_info() reports it."""
     import os
 
     import spaces
+    from spaces.codegen import module_of
+    from spaces.kernels.runtime import _cpu_kernel_options
 
     out = {"model": cpu_model(), "logical_cpus": os.cpu_count()}
-    ns = spaces.BASELINES["crrelu"].module_class().forward.__globals__
     try:
         from torch._inductor import cpu_vec_isa
 
         isa = cpu_vec_isa.pick_vec_isa()
         out["inductor_vector_isa"] = str(isa) or "none"
-        out["inductor_kernel_vector_bits"] = ns["_cpu_kernel_options"]().get("cpp.simdlen", isa.bit_width())
+        out["inductor_kernel_vector_bits"] = _cpu_kernel_options().get("cpp.simdlen", isa.bit_width())
     except Exception as e:  # noqa: BLE001 - informative only
         out["inductor_vector_isa"] = f"unknown ({type(e).__name__})"
-    out["c_kernel_build"] = " ".join(ns["_NATIVE"]["flags"]) if ns["_native_kernels"]() else None
+    info = module_of(spaces.BASELINES["crrelu"].module_class()).kernel_info()
+    out["c_kernel_build"] = info["fused_cpu"]["c_kernels"]["build"]
     return out

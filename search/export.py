@@ -1,26 +1,39 @@
 """Export a search's winner as a standalone Python module.
 
-    python -m search.export runs/<study> --out my_acts/ [--rank N] [--name NAME] [--learned]
+    python -m search.export runs/<study> --out my_acts/ [--rank N] [--name NAME] [--learned] [--native] [--force]
 
-writes `my_acts/<name>.py`, which imports only torch and the standard library and defines:
+writes `my_acts/<name>.py`, which imports only torch (plain PyTorch) and defines:
 
 - `<name>(x, **coefficients, inplace=False)`: the formula as plain torch ops;
 - `<Class>Function`: a torch.autograd.Function that saves only its input (backward
-  is the sympy derivative); float32 on the CPU, it runs the fused C kernels whose
-  source the file holds (built by the system's C compiler on first use), elsewhere
-  op by op, or fused by torch.compile after `use_compiled_kernels()`;
+  is the sympy derivative), run op by op with in-place ops, or fused by torch.compile
+  after `use_compiled_kernels()`;
 - `<Class>`: the nn.Module (zero-argument constructible, `inplace=` accepted, one
   scalar nn.Parameter per learnable coefficient, the formula in its repr), ready
-  for timm's `act_layer=`;
+  for timm's `act_layer=`. It trains through the autograd.Function; wherever it is
+  traced, scripted, exported or compiled (torch.jit, ONNX, torch.export,
+  torch.compile) or runs without gradients, it computes the formula as plain torch
+  ops, so those tools see real operators;
+- `kernel_info()`: which kernels it runs;
 
 with a docstring recording where it came from (formula, study, confirmed scores,
-dates, library versions), and `my_acts/<name>.json`, the same provenance as
-JSON plus the sha256 of the module (`spaces.get_activation` finds exports through
-it: set EAFO_ACTIVATIONS_PATH=my_acts or call `spaces.register_path("my_acts")`).
+what the learned coefficients are, dates, library versions), and `my_acts/<name>.json`,
+the same provenance as JSON plus the sha256 of the module (`spaces.get_activation`
+finds exports through it: set EAFO_ACTIVATIONS_PATH=my_acts or call
+`spaces.register_path("my_acts")`).
+
+`--native` adds the engine's fused float32 CPU kernels: C source the module compiles
+with the system's C compiler on first use (it then also imports the standard library's
+ctypes, subprocess, ...), caching the library under ~/.cache/eafo-search/kernels; under
+torch.compile of a model they run as two custom ops. Where no compiler works it warns
+once and runs as a plain export does.
 
 Rank 1 is the study's `best.json` (the confirmed winner); rank N is row N of
-`leaderboard.json`. Coefficients start at the candidate's initial values, or at
-the values training learned with `--learned` (`learned_coefficients`).
+`leaderboard.json`. Coefficients start at the candidate's initial values, or with
+`--learned` at the values training learned (`learned_coefficients`: one value per
+activation module, i.e. per layer, in each trained model; the study keeps their mean,
+averaged over the confirmation seeds where there are some, and every instance of the
+exported class starts at that mean).
 
 Names: by default the function is named after the leaderboard label (`crrelu`,
 `trial_12`) and the class follows `spaces.registry.class_name_for`: split at
@@ -36,7 +49,10 @@ with the safe parser (`Candidate.from_dict`) and the code printed from the parse
 tree; it must reproduce the fingerprint recorded with it, or the file is refused
 as tampered. Provenance strings (study, label, dates, versions) must consist of
 letters, digits and ` ._+-:/,=()@`; numbers must be finite. Any bad input is
-one line on stderr and exit code 2, with nothing written.
+one line on stderr and exit code 2, with nothing written: a folder of studies
+(`runs/`) rather than a study, which the message lists; an existing export of the
+same name, which only `--force` replaces (a file that export did not write, or
+that changed since, is never replaced).
 """
 from __future__ import annotations
 
@@ -46,6 +62,7 @@ import math
 import platform
 import re
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -208,10 +225,32 @@ def _summary(d, where: str) -> str:
 
 # ---- what gets exported ------------------------------------------------------------------
 
+_STUDY_FILES = ("best.json", "leaderboard.json", "study.db", "config.json")
+
+
+def _check_is_a_study(study_dir: Path) -> None:
+    """A folder that holds studies rather than being one (`runs/`): say which it holds."""
+    if any((study_dir / f).exists() for f in _STUDY_FILES):
+        return
+    try:
+        studies = sorted(d for d in study_dir.iterdir() if d.is_dir() and any((d / f).exists() for f in _STUDY_FILES))
+    except OSError:
+        studies = []
+    if not studies:
+        return  # the message about a missing best.json (or leaderboard.json) says the rest
+    listed = [f"{d} ({'finished' if (d / 'best.json').is_file() else 'no best.json yet: not finished'})"
+              for d in studies[:8]]
+    more = f" and {len(studies) - 8} more" if len(studies) > 8 else ""
+    many = f"{len(studies)} studies" if len(studies) > 1 else "1 study"
+    raise UsageError(f"{study_dir} is a folder of {many}, not a study; export one of them, "
+                     f"e.g. python -m search.export {studies[0]} --out DIR. Studies: {'; '.join(listed)}{more}")
+
+
 def _load_entry(study_dir: Path, rank: int) -> dict:
     """The chosen candidate and its provenance, every field validated."""
     if not study_dir.is_dir():
         raise UsageError(f"study folder {str(study_dir)!r} does not exist")
+    _check_is_a_study(study_dir)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise UsageError(f"--rank must be a positive integer, got {rank!r}")
     best_path = study_dir / "best.json"
@@ -233,6 +272,7 @@ def _load_entry(study_dir: Path, rank: int) -> dict:
         scores = _scores({"metric": entry.get("metric", "score"), **{k: entry.get(k) for k in
                           ("mean", "std", "n_seeds", "seeds", "per_seed")}}, where)
     candidate = _candidate(entry, where)
+    confirmed_seeds = (scores or {}).get("n_seeds", 0) if (rank == 1 or entry.get("confirmed")) else 0
     study_default = study_dir.resolve().name
     prov = best or {}
     return {
@@ -241,6 +281,7 @@ def _load_entry(study_dir: Path, rank: int) -> dict:
         "label": _text(entry.get("label"), f"{where}.label"),
         "learned_coefficients": _learned(entry.get("learned_coefficients"), candidate,
                                          f"{where}.learned_coefficients"),
+        "learned_over_seeds": confirmed_seeds,  # 0: one search trial's values
         "rank": rank,
         "confirmed": scores,
         "vs_gelu": _vs_gelu(entry.get("vs_gelu"), f"{where}.vs_gelu") if rank == 1 else None,
@@ -282,20 +323,30 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _learned_text(e: dict) -> str:
+    """What the study's learned coefficients are: means, over layers and seeds."""
+    n = e["learned_over_seeds"]
+    over = f"then over the {n} confirmation seeds" if n else "in the one search trial (not confirmed)"
+    return (", ".join(f"{k}={v:.6g}" for k, v in e["learned_coefficients"].items()) +
+            f" (each a mean: every activation module, one per layer, learns its own value; this is "
+            f"their mean in each trained model, {over})")
+
+
 def _docstring(e: dict, name: str, cls: str, values: dict, learned: bool, exported: str,
-               export_versions: dict) -> str:
+               export_versions: dict, native: bool) -> str:
     c = e["candidate"]
     lines = [f"{cls} activation, exported by eafo-search (python -m search.export).", "",
              f"formula: {c.formula}"]
     for spec in c.coefficient_specs:
         if spec.learnable:
-            how = "learned value" if learned else "initial value"
-            lines.append(f"coefficient {spec.name}: learnable, starts at {values[spec.name]!r} ({how})")
+            how = "the learned mean below" if learned else "its initial value"
+            lines.append(f"coefficient {spec.name}: learnable, one per instance (layer), each starts at "
+                         f"{values[spec.name]!r} ({how})")
         else:
             lines.append(f"coefficient {spec.name}: fixed at {spec.init!r}")
-    if e["learned_coefficients"] and not learned:
-        lines.append("learned in the search (use --learned to start there): " + ", ".join(
-            f"{k}={v:.6g}" for k, v in e["learned_coefficients"].items()))
+    if e["learned_coefficients"]:
+        hint = "" if learned else "; --learned starts there"
+        lines.append(f"learned in the study{hint}: {_learned_text(e)}")
     lines += ["", f"study: {e['study']}, rank {e['rank']}, label {e['label']}, "
                   f"fingerprint {e['fingerprint']}"]
     s = e["confirmed"]
@@ -322,17 +373,36 @@ def _docstring(e: dict, name: str, cls: str, values: dict, learned: bool, export
                  ", ".join(f"{k} {v}" for k, v in export_versions.items()))
     lines += ["", "Usage:", f"    from {name} import {cls}, {name}",
               f"    model = timm.create_model('vit_tiny_patch16_224', act_layer={cls})",
-              f"    y = {name}(x)  # plain function; {cls}Function is the memory-efficient form"]
-    return "\n".join(lines)
+              f"    y = {name}(x)  # plain function; {cls}Function is the memory-efficient form", ""]
+    if native:
+        lines += ["Built with --native: float32 CPU tensors run fused C kernels, compiled from the C source",
+                  "below on first use. That needs a C compiler (gcc, or $CC) and a writable cache folder",
+                  "(~/.cache/eafo-search/kernels, or $EAFO_KERNEL_CACHE); without them it warns once and",
+                  "runs the torch kernels. Under torch.compile the C kernels run as two custom ops."]
+    else:
+        lines += ["Plain PyTorch: imports torch only. Training runs a memory-efficient autograd.Function",
+                  "(saves only the input); traced, scripted, exported (ONNX, torch.export), compiled or",
+                  "without gradients, forward computes the formula as plain torch ops."]
+    # long lines (the learned coefficients' explanation) wrapped, continuations indented
+    return "\n".join(wrapped for line in lines
+                     for wrapped in (textwrap.wrap(line, 96, subsequent_indent="    ") or [""]))
 
 
 def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None,
-                      learned: bool = False) -> Path:
+                      learned: bool = False, native: bool = False, force: bool = False) -> Path:
     """Write `<out_dir>/<name>.py` (and `<name>.json`) for the study's rank-`rank` candidate.
 
+    native: with the fused float32 CPU kernels (C, built on first use); else plain PyTorch.
+    force: replace an earlier export of the same name (never a file export did not write).
     Returns the path of the module. Raises `UsageError` (a ValueError) for bad or
-    tampered input, before writing anything.
+    tampered input, or a file in the way, before writing anything.
     """
+    return _export(study_dir, out_dir, rank, name, learned, native, force)[0]
+
+
+def _export(study_dir, out_dir, rank: int = 1, name: str | None = None, learned: bool = False,
+            native: bool = False, force: bool = False) -> tuple[Path, bool]:
+    """export_activation, and whether it replaced an earlier export."""
     from search.atomic import write_json, write_text
     from spaces.candidate import Candidate
     from spaces.codegen import module_source
@@ -362,10 +432,10 @@ def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     versions = _export_versions()
     doc = _docstring(e, name, cls, {s.name: s.init for s in exported.coefficient_specs},
-                     learned, now, versions)
+                     learned, now, versions, native)
     try:
         source = module_source(exported.code_expr(), exported.learnable, class_name=cls,
-                               func_name=name, formula=exported.formula, docstring=doc)
+                               func_name=name, formula=exported.formula, docstring=doc, native=native)
         compile(source, f"{name}.py", "exec")  # a generator bug must not reach the disk
     except (ValueError, SyntaxError) as err:
         raise UsageError(f"cannot generate a module for {c.formula}: {err}") from None
@@ -373,9 +443,8 @@ def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {str(out_dir)!r} exists and is not a folder")
     py, sidecar = out_dir / f"{name}.py", out_dir / f"{name}.json"
-    if py.exists() and not _is_our_export(sidecar):
-        raise UsageError(f"{py} exists and was not written by search.export; "
-                         "remove it or choose another --name")
+    _check_replaceable(py, sidecar, force)
+    replacing = py.exists() or sidecar.exists()
     info = {
         EXPORT_MARKER: EXPORT_FORMAT,
         "name": name, "class": cls, "function": name, "module": py.name,
@@ -386,6 +455,10 @@ def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None
         "fingerprint": e["fingerprint"],          # of the searched candidate
         "learned": bool(learned),
         "learned_coefficients": e["learned_coefficients"],
+        "learned_coefficients_are": "means over each model's activation modules (layers), then over "
+                                    f"{e['learned_over_seeds']} confirmation seeds" if e["learned_over_seeds"]
+                                    else "means over the activation modules (layers) of one search trial",
+        "native": bool(native),
         "study": e["study"], "study_dir": str(study_dir.resolve()), "rank": rank,
         "label": e["label"], "params": e["params"],
         "confirmed": e["confirmed"], "vs_gelu": e["vs_gelu"],
@@ -396,17 +469,36 @@ def export_activation(study_dir, out_dir, rank: int = 1, name: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(py, source)
     write_json(sidecar, info)
-    return py
+    return py, replacing
 
 
-def _is_our_export(sidecar: Path) -> bool:
+def _check_replaceable(py: Path, sidecar: Path, force: bool) -> None:
+    """Refuse to write over anything but an earlier, unchanged export of the same name, and
+    over that too unless `force`: never silently lose a user's file."""
+    if not (py.exists() or sidecar.exists()):
+        return
+    data = _our_sidecar(sidecar)
+    if data is None:
+        what = py if py.exists() else sidecar
+        raise UsageError(f"{what} exists and was not written by search.export; it is left as it is: "
+                         "remove it, or choose another --name or --out")
+    if py.exists() and hashlib.sha256(py.read_bytes()).hexdigest() != data.get("sha256"):
+        raise UsageError(f"{py} was changed since it was exported; it is left as it is (even with --force): "
+                         "remove it yourself, or choose another --name or --out")
+    if not force:
+        formula = data.get("formula") if isinstance(data.get("formula"), str) else "?"
+        raise UsageError(f"{py} already holds an export ({ascii(formula)[1:-1][:80]}); nothing was written: "
+                         "pass --force to replace it, or choose another --name or --out")
+
+
+def _our_sidecar(sidecar: Path) -> dict | None:
     from spaces.registry import EXPORT_MARKER
 
     try:
         data = _read_json(sidecar)
     except UsageError:
-        return False
-    return isinstance(data, dict) and EXPORT_MARKER in data
+        return None
+    return data if isinstance(data, dict) and EXPORT_MARKER in data else None
 
 
 def main(argv=None) -> int:
@@ -420,18 +512,24 @@ def main(argv=None) -> int:
     p.add_argument("--name", default=None,
                    help="function name (default: the label); the class name is derived from it")
     p.add_argument("--learned", action="store_true",
-                   help="start learnable coefficients at the values training learned")
+                   help="start learnable coefficients at the values training learned (their mean over "
+                        "layers and seeds)")
+    p.add_argument("--native", action="store_true",
+                   help="add the fused float32 CPU kernels (C, built on first use: needs a C compiler "
+                        "and a cache folder); default: plain PyTorch")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier export of the same name in --out")
     args = p.parse_args(argv)
     try:
-        path = export_activation(args.study_dir, args.out, rank=args.rank, name=args.name,
-                                 learned=args.learned)
+        path, replaced = _export(args.study_dir, args.out, rank=args.rank, name=args.name,
+                                 learned=args.learned, native=args.native, force=args.force)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write to {args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"wrote {path} and {path.with_suffix('.json')}")
+    print(f"{'replaced' if replaced else 'wrote'} {path} and {path.with_suffix('.json')}")
     return 0
 
 

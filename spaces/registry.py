@@ -50,6 +50,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import sys
 import types
 import warnings
 from dataclasses import dataclass
@@ -304,6 +305,7 @@ def _load_exported(entry: _Entry) -> type:
     module = types.ModuleType(f"eafo_activations.{entry.name}")
     module.__file__ = str(entry.path)
     exec(compile(source, str(entry.path), "exec"), module.__dict__)  # noqa: S102 - see docstring
+    sys.modules[module.__name__] = module  # (spaces.codegen.module_of finds it there)
     cls = getattr(module, entry.class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or \
             getattr(module, "FORMULA", None) != entry.candidate.formula:

@@ -35,6 +35,10 @@ def test_quick_run_reports_saved_memory_and_ratios(bench, capsys):
         assert rows[(name, "eager")]["page_faults_per_iteration"] >= 0
         assert rows[(name, "eager")]["kernels"] == "c"                # float32 CPU: our C kernels
         assert rows[(name, "eager_ops")]["saved_inputs"] == 1.0       # op by op, the same saves
+    # the default export (plain PyTorch): the same memory, in-place ops in eager mode
+    assert result["targets"]["crrelu_exported_plain"]["saved_one_input"]
+    assert rows[("crrelu_exported_plain", "eager")]["kernels"] == "in-place ops"
+    assert ("crrelu_exported_plain", "eager_ops") not in rows  # nothing to switch off
     assert result["allocator"] == "default"
     assert result["cpu"]["model"] and result["cpu"]["inductor_vector_isa"]  # ratios depend on the CPU
     assert "-O3" in result["cpu"]["c_kernel_build"]  # and on how our C kernels were built

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+from spaces.codegen import module_of
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "activation_in_training.py"
 
 
@@ -16,6 +18,8 @@ def test_a_short_run_reports_ms_per_step_and_the_ratio_to_gelu(capsys):
     assert out["ratio_vs_gelu"]["nn.GELU"] == 1.0
     assert all(v > 0 for v in out["ms_per_step"].values())
     assert set(out["page_faults_per_step"]) == names and out["allocator"] == "default"
+    # what ran, as each generated module's kernel_info() says: float32 CPU, our C kernels
+    assert out["kernels"] == {n: "c" for n in names if n.startswith("generated")}
     assert '"ratio_vs_gelu"' in capsys.readouterr().out  # the JSON went to stdout
 
 
@@ -27,4 +31,4 @@ def test_fused_run_compiles_generated_kernels_and_switches_them_back(capsys):
     assert out["fused"] is True and out["ratio_vs_gelu"]["nn.GELU"] == 1.0
     for name, cls in bench.activations().items():
         if name.startswith("generated"):  # the shared classes are left as they were found
-            assert cls.forward.__globals__["_KERNELS"]["compiled"] is False
+            assert module_of(cls).kernel_info()["compiled"] is False

@@ -1,9 +1,10 @@
 """Minimax rational approximations on [0, c] (and exp's polynomial), for the fused
-float32 kernels.
+float32 kernels: an offline tool, not part of the engine.
 
-The fused float32 CPU kernels (`spaces.codegen`) evaluate tanh and erf through
-rationals fitted here (`python -m spaces.minimax` prints their coefficients again; a
-test re-runs the fits):
+The fused float32 CPU kernels (`spaces.kernels.forms`, `spaces.kernels.float32_ops`)
+evaluate tanh and erf through rationals fitted here (`python -m tools.minimax` prints
+their coefficients again; tests/test_kernel_forms.py checks the stored ones' accuracy,
+tests/test_tools_minimax.py this fitter on small problems):
 - forwards: tanh(u) ~ u * P(u**2) / Q(u**2), an odd rational (`odd=True`): relatively
   accurate near 0, a few multiply-adds and one division where the exp-based form costs
   an exp, a division and a sign;
@@ -149,7 +150,7 @@ def log1p_ratio(y: np.ndarray) -> np.ndarray:
     return np.where(y == 0.0, 1.0, np.log1p(safe) / safe)
 
 
-# (name, f, c, m, n, odd): the fits spaces.codegen's constants come from
+# (name, f, c, m, n, odd): the fits the stored tables of spaces.kernels come from
 FITS = (("tanh", np.tanh, 9.0, 5, 3, True),
         ("erf", erf, 4.0, 6, 4, True),
         ("1 - tanh", tanh_complement, 9.0, 5, 7, False),
