@@ -10,7 +10,8 @@ Knows nothing of Optuna or Ray: progress leaves a trial through
 from evaluators.data import DeviceSplit, RawDataset, list_datasets, load_dataset, prepare_split, read_idx
 from evaluators.exceptions import DataFormatError, DataNotFoundError, EvaluatorError
 from evaluators.metrics import ACCURACY, BITS_PER_CHAR, Metric, get_metric
-from evaluators.models import build_model, list_models
+from evaluators.models import MLPS, build_model, list_models
+from evaluators import gpt  # noqa: F401  (registers the gpt-* presets)
 from evaluators.result import STATUSES, TrialResult
 from evaluators.task import Checkpoint, ProxyTask
 from evaluators.zero_cost import entropy_score, grad_norm_score
@@ -18,7 +19,7 @@ from evaluators.zero_cost import entropy_score, grad_norm_score
 __all__ = [
     "ProxyTask", "TrialResult", "STATUSES", "Checkpoint",
     "load_dataset", "prepare_split", "read_idx", "list_datasets", "RawDataset", "DeviceSplit",
-    "build_model", "list_models",
+    "build_model", "list_models", "MLPS",
     "Metric", "ACCURACY", "BITS_PER_CHAR", "get_metric",
     "entropy_score", "grad_norm_score",
     "EvaluatorError", "DataNotFoundError", "DataFormatError",
