@@ -2,7 +2,9 @@
 
     >>> from evaluators import ProxyTask
     >>> result = ProxyTask(epochs=2, train_size=2000).evaluate(candidate, seed=0)
-    >>> result.status, result.score
+    >>> result.status, result.score          # validation accuracy (higher is better)
+    >>> lm = ProxyTask.for_dataset("shakespeare")   # gpt-nano, scored in bits per character
+    >>> lm.evaluate(candidate, seed=0).score        # lower is better: lm.metric.direction
 
 Knows nothing of Optuna or Ray: progress leaves a trial through
 ``report(epoch, metrics)``, which may raise to stop it.
@@ -12,6 +14,7 @@ from evaluators.exceptions import DataFormatError, DataNotFoundError, EvaluatorE
 from evaluators.metrics import ACCURACY, BITS_PER_CHAR, Metric, get_metric
 from evaluators.models import MLPS, build_model, list_models
 from evaluators import gpt  # noqa: F401  (registers the gpt-* presets)
+from evaluators.text import Corpus, TextSplit, load_corpus
 from evaluators.result import STATUSES, TrialResult
 from evaluators.task import Checkpoint, ProxyTask
 from evaluators.zero_cost import entropy_score, grad_norm_score
@@ -20,6 +23,7 @@ __all__ = [
     "ProxyTask", "TrialResult", "STATUSES", "Checkpoint",
     "load_dataset", "prepare_split", "read_idx", "list_datasets", "RawDataset", "DeviceSplit",
     "build_model", "list_models", "MLPS",
+    "load_corpus", "Corpus", "TextSplit",
     "Metric", "ACCURACY", "BITS_PER_CHAR", "get_metric",
     "entropy_score", "grad_norm_score",
     "EvaluatorError", "DataNotFoundError", "DataFormatError",
