@@ -277,11 +277,13 @@ def eval_windows(ids: np.ndarray, block_size: int, chars: int | None) -> np.ndar
     return np.arange(n) * stride
 
 
-def prepare_text_split(name: str = "shakespeare", *, split: str = "val", sequences: int, block_size: int,
+def prepare_text_split(name: str = "shakespeare", *, split: str = "val", sequences: int | None, block_size: int,
                        val_size: int, test_size: int | None = None, device: str | torch.device = "cpu",
                        root=None, verify_checksums: bool = True) -> TextSplit:
     """Tensors for one trial: the training part, and the eval part's windows.
 
+    sequences: training windows per epoch (None: as many as the training part holds
+    end to end, training characters // block_size).
     val_size / test_size: characters scored on the validation / test part (test_size
     None: the whole test part). The same windows for every trial.
     """
@@ -290,6 +292,8 @@ def prepare_text_split(name: str = "shakespeare", *, split: str = "val", sequenc
     corpus = load_corpus(name, root, verify_checksums)
     if corpus.train.size <= block_size + 1:
         raise ValueError(f"block_size={block_size} is longer than {name}'s training part ({corpus.train.size})")
+    if sequences is None:
+        sequences = corpus.train.size // block_size
     part = corpus.val if split == "val" else corpus.test
     chars = val_size if split == "val" else test_size
     starts = eval_windows(part, block_size, chars)

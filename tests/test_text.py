@@ -189,6 +189,8 @@ def test_training_batches_are_corpus_windows_with_the_next_character_as_target(c
         for row_x, row_y in zip(x, y):  # each row is a real stretch of the training part
             window = bytes(row_x.tolist()) + bytes(row_y[-1:].tolist())
             assert train.find(window) >= 0
+    whole = prepare_text_split("shakespeare", sequences=None, block_size=128, val_size=3200)
+    assert whole.sequences == corpus.train.size // 128 == 35_185  # None: the part end to end, once
     again = list(split.batches(16, torch.Generator().manual_seed(0)))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # seeded: the same epoch again
     other = next(split.batches(16, torch.Generator().manual_seed(1)))
