@@ -121,7 +121,9 @@ def gpt_nano(act_layer, vocab_size, block_size, mlp="plain"):
 @register_model("gpt-small", kind="text", block_size=256)
 def gpt_small(act_layer, vocab_size, block_size, mlp="plain"):
     """For GPUs: nanoGPT's character-level Shakespeare model (config/train_shakespeare_char.py):
-    6 layers, dim 384, 6 heads, 256 characters of context; about 10.7M parameters."""
+    6 layers, dim 384, 6 heads, 256 characters of context; about 10.7M parameters. Not yet
+    trained here (no GPU so far); nanoGPT trains it at lr 1e-3, batch 64, not TEXT_DEFAULTS'
+    nano-sized 5e-3 and 32."""
     return GPT(vocab_size, block_size, n_layer=6, n_head=6, n_embd=384, act_layer=act_layer, mlp=mlp)
 
 
