@@ -14,6 +14,9 @@ Fashion-MNIST is the embedded default task. It is looked for, in this order:
 CIFAR-10/100 come through torchvision's own loader (its on-disk format and
 checksums) from ``root``/``EAFO_DATA_ROOT`` or the same cache folder.
 
+Text corpora for the language-model track (``shakespeare``) live in
+``evaluators.text``; ``list_datasets()`` names both kinds.
+
 Batches follow airbench: the whole split lives on the device as one float
 tensor; a batch is an index slice of a seeded ``randperm``; augmentation is done
 on whole batches at once. No DataLoader, no worker processes.
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluators.exceptions import DataFormatError, DataNotFoundError
+from evaluators.text import TEXT_DATASETS
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.path.expanduser("~/.cache/eafo-search"))
@@ -61,13 +65,19 @@ AUGMENTATIONS = ("none", "crop", "flip", "crop_flip")
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASETS)
+    """Every dataset name, image and text."""
+    return sorted([*DATASETS, *TEXT_DATASETS])
 
 
 def check_dataset(name: str) -> str:
-    if name not in DATASETS:
+    if name not in DATASETS and name not in TEXT_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
     return name
+
+
+def dataset_kind(name: str) -> str:
+    """"image" or "text" (the kind of model preset that trains on it)."""
+    return "text" if check_dataset(name) in TEXT_DATASETS else "image"
 
 
 @dataclass(eq=False)
@@ -270,7 +280,8 @@ def load_dataset(name: str = "fashion_mnist", root: str | os.PathLike | None = N
     verify_checksums: CIFAR only; False accepts files whose md5 differs from
     torchvision's (a re-packed or generated copy), checking only that they exist.
     """
-    check_dataset(name)
+    if dataset_kind(name) != "image":
+        raise ValueError(f"{name} is a text corpus: load it with evaluators.text.load_corpus")
     origin = "data_root"
     if root is None:
         root, origin = os.environ.get(ENV_ROOT) or None, ENV_ROOT
@@ -336,6 +347,7 @@ class DeviceSplit:
     eval_split: str        # "val" or "test"
     num_classes: int
     default_augment: str
+    provenance: dict = field(default_factory=dict)  # where the images came from: saved with every result
 
     @property
     def in_chans(self) -> int:
@@ -344,6 +356,13 @@ class DeviceSplit:
     @property
     def image_size(self) -> int:
         return self.train_x.shape[2]
+
+    # The training loop asks any split (this one, or evaluators.text.TextSplit) for these two.
+    def n_steps(self, batch_size: int) -> int:
+        return steps_per_epoch(self.train_x.shape[0], batch_size)
+
+    def batches(self, batch_size: int, generator: torch.Generator, augment_mode: str = "none"):
+        return epoch_batches(self.train_x, self.train_y, batch_size, generator, augment_mode)
 
 
 def prepare_split(name: str = "fashion_mnist", *, split: str = "val", train_size: int | None = None,
@@ -405,7 +424,7 @@ def prepare_split(name: str = "fashion_mnist", *, split: str = "val", train_size
 
     return DeviceSplit(to_device(raw.train_images[train_idx]), labels(raw.train_labels[train_idx]),
                        to_device(eval_images), labels(eval_labels), split, raw.num_classes,
-                       DATASETS[name][1])
+                       DATASETS[name][1], {"dataset": name, "source": raw.source})
 
 
 # ---------------------------------------------------------------------------
@@ -458,5 +477,6 @@ def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: 
 
 
 __all__ = ["RawDataset", "DeviceSplit", "load_dataset", "prepare_split", "read_idx", "stratified_subset",
-           "list_datasets", "epoch_batches", "augment", "random_crop", "random_flip", "steps_per_epoch",
+           "list_datasets", "check_dataset", "dataset_kind", "epoch_batches", "augment", "random_crop",
+           "random_flip", "steps_per_epoch",
            "clear_cache", "DATASETS", "AUGMENTATIONS", "CACHE_DIR", "DEBIAN_FASHION_MNIST", "ENV_ROOT"]

@@ -30,6 +30,7 @@ class TrialResult:
     resumed_from_epoch: int | None = None
     candidate: dict | None = None        # Candidate.to_dict() plus its fingerprint
     task: dict | None = None             # ProxyTask.to_dict() that produced this
+    data: dict | None = None             # where the data came from (dataset, source; text: package, license, sha256)
     device: str | None = None
     versions: dict = field(default_factory=dict)
 

@@ -8,6 +8,13 @@ scaled down to a proxy budget: AdamW (betas 0.9/0.999, weight decay 0.05 on
 weight matrices only), linear warmup then cosine decay to zero, gradient-norm
 clipping at 1.0, cross-entropy. The evaluator knows nothing of Optuna or Ray:
 progress leaves a trial only through ``report(epoch, metrics)``.
+
+The language-model track runs through the same loop: on a text dataset
+(``shakespeare``) the model is a character GPT (``gpt-nano``), a sample is a
+sequence of ``block_size`` characters, the loss is the next character's
+cross-entropy at every position, and the score is validation bits per character
+(``metric`` says so, and that lower is better). ``ProxyTask.for_dataset(name)``
+starts from settings sized for that dataset (``TEXT_DEFAULTS`` for text).
 """
 from __future__ import annotations
 
@@ -26,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evaluators import data as data_mod
-from evaluators.metrics import ACCURACY, Metric
-from evaluators.models import build_model, get_preset
+from evaluators import text as text_mod
+from evaluators.metrics import ACCURACY, BITS_PER_CHAR, Metric
+from evaluators.models import build_model, check_mlp, get_preset, list_models
 from evaluators.result import TrialResult
 
 Report = Callable[[int, dict], None]
@@ -41,18 +49,42 @@ class Checkpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
+# Settings sized for a text dataset, which ProxyTask.for_dataset() starts from. A text
+# "sample" is one sequence of block_size characters at a random offset of the training
+# part, so train_size sequences x block_size characters is one epoch's training tokens.
+# Sized so that a search trial (4 epochs, 256 steps, 524,288 training characters) takes
+# about 20 s on 2 quiet CPU cores: 12 trials and 18 confirmation runs in about 10 min.
+TEXT_DEFAULTS = dict(
+    model="gpt-nano",      # 4 layers, dim 64, 64 characters of context (evaluators/gpt.py)
+    epochs=4,              # reports (and pruning chances) per trial
+    train_size=2_048,      # sequences per epoch: 2,048 x 64 = 131,072 characters, 64 steps
+    val_size=32_768,       # characters scored on the validation part (512 windows of 64, of 250,208)
+    test_size=65_536,      # characters scored on the test part (1,024 windows; None: all 250,213)
+    batch_size=32,         # sequences per step. At equal steps more tokens per step helped
+                           # (256 steps, lr 1e-2: 3.37 bpc at 32 x 64 vs 3.54 at 16 x 64)
+    eval_batch_size=512,   # windows per forward pass when evaluating
+    lr=5e-3,               # peak AdamW lr. gpt-nano, 256 steps of 32 x 64, seed 0, GELU val_bpc:
+                           # 2e-3 3.58, 5e-3 3.40, 1e-2 3.37, 2e-2 3.95 (unstable); 5e-3 is on
+                           # the plateau with a 4x margin below the lr where training breaks down
+)
+
+
 @dataclass
 class ProxyTask:
     """A flat training configuration; one instance evaluates many candidates."""
 
     dataset: str = "fashion_mnist"   # evaluators.data.list_datasets(); Fashion-MNIST is the embedded default
     model: str = "vit-nano"          # evaluators.list_models(); vit-nano is CPU-sized (~4 s/epoch on 10k images)
+    mlp: str = "plain"               # plain | glu: glu makes the candidate the gate of a gated MLP (transformers)
     epochs: int = 5                  # full passes over train_size images: the proxy budget
-    train_size: int | None = 10_000  # images, stratified (None: every training image not in val)
-    val_size: int = 5_000            # images carved from the training set (fixed seed): the search score
-    test_size: int | None = None     # images of the official test set for split="test" (None: all 10,000)
-    batch_size: int = 128            # images per step; small sets need many steps more than big batches
-    eval_batch_size: int = 1_000     # images per forward pass when evaluating (no gradients: can be large)
+    train_size: int | None = 10_000  # images, stratified (None: every training image not in val);
+                                     # text: sequences drawn per epoch (None: training characters / block_size)
+    val_size: int = 5_000            # images carved from the training set (fixed seed): the search score;
+                                     # text: characters scored on the fixed validation part
+    test_size: int | None = None     # images of the official test set for split="test" (None: all 10,000);
+                                     # text: characters scored on the test part (None: all of it)
+    batch_size: int = 128            # images (text: sequences) per step; small sets need many steps
+    eval_batch_size: int = 1_000     # images (text: windows) per forward pass when evaluating (no gradients)
     lr: float = 2e-3                 # peak AdamW lr. DeiT's 5e-4 * batch/512 is for 300 epochs of ImageNet;
                                      # a 5-epoch proxy needs more. vit-nano, 10k images, 5 epochs, seed 0,
                                      # GELU val_acc: 3e-4 .749, 1e-3 .812, 2e-3 .816, 4e-3 .820 (ReLU .772/.806
@@ -63,6 +95,7 @@ class ProxyTask:
     label_smoothing: float | None = None  # None: the model preset's recipe (deit-tiny 0.1, others 0)
     augment: str | None = None       # none|crop|flip|crop_flip; None: dataset default (Fashion none, CIFAR crop_flip)
     image_size: int | None = None    # pad images up to this size; None: the preset's size (vit-tiny 32) or native
+    block_size: int | None = None    # text: characters of context per sequence; None: the preset's (gpt-nano 128)
     device: str = "auto"             # auto = cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
     precision: str = "auto"          # auto = bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
     deterministic: bool | None = None  # torch deterministic algorithms; None: on for CPU, off on GPUs (speed)
@@ -73,16 +106,29 @@ class ProxyTask:
     sanity: bool = True              # run spaces.sanity_check first and reject without training
     data_root: str | None = None     # dataset folder (--data-root); None: EAFO_DATA_ROOT, then defaults
     download: bool = False           # let torchvision download a dataset that is not found
-    verify_checksums: bool = True    # CIFAR: check torchvision's md5s (False: a re-packed local copy)
+    verify_checksums: bool = True    # CIFAR: torchvision's md5s; text: the corpus's pinned sha256
+                                     # (False: a re-packed or edited local copy; the sha256 is recorded anyway)
 
     def __post_init__(self):
-        data_mod.check_dataset(self.dataset)
-        get_preset(self.model)
+        kind = data_mod.dataset_kind(self.dataset)
+        if get_preset(self.model).kind != kind:
+            raise ValueError(f"model {self.model!r} does not train on {kind} datasets like {self.dataset!r}; "
+                             f"{kind} models: {', '.join(m for m in list_models() if get_preset(m).kind == kind)}")
+        check_mlp(self.mlp)
+        if kind == "text":
+            for name in ("image_size", "augment"):
+                if getattr(self, name) not in (None, "none"):
+                    raise ValueError(f"{name}={getattr(self, name)!r} is for images, not {self.dataset!r}")
+            if self.download:
+                raise ValueError(f"{self.dataset!r} is not downloaded at run time: "
+                                 f"{text_mod.TEXT_DATASETS[self.dataset].install}")
+        elif self.block_size is not None:
+            raise ValueError(f"block_size={self.block_size!r} is for text datasets, not {self.dataset!r}")
         for name in ("epochs", "val_size", "batch_size", "eval_batch_size", "check_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("train_size", "test_size", "image_size", "num_threads"):
+        for name in ("train_size", "test_size", "image_size", "block_size", "num_threads"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
@@ -117,6 +163,13 @@ class ProxyTask:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
+    def for_dataset(cls, dataset: str, **overrides) -> "ProxyTask":
+        """A task with the settings sized for `dataset` (text: TEXT_DEFAULTS; images: the
+        defaults above), then `overrides` (unknown keys are rejected)."""
+        base = dict(TEXT_DEFAULTS) if data_mod.dataset_kind(dataset) == "text" else {}
+        return cls.from_dict({**base, "dataset": dataset, **overrides})
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ProxyTask":
         """Build from a dict (a saved config, CLI overrides); unknown keys are rejected."""
         valid = {f.name for f in fields(cls)}
@@ -138,9 +191,15 @@ class ProxyTask:
         return state
 
     @property
+    def kind(self) -> str:
+        """"image" or "text": the kind of dataset and model this task trains."""
+        return data_mod.dataset_kind(self.dataset)
+
+    @property
     def metric(self) -> Metric:
-        """What `evaluate` scores, and whether higher or lower is better (image tasks: accuracy)."""
-        return ACCURACY
+        """What `evaluate` scores, and whether higher or lower is better: accuracy for images
+        (maximise), bits per character for text (minimise)."""
+        return BITS_PER_CHAR if self.kind == "text" else ACCURACY
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -156,10 +215,18 @@ class ProxyTask:
             raise ValueError(f"device {self.device!r} requested but MPS is not available")
         return dev
 
-    def load_split(self, split: str = "val", device: torch.device | None = None) -> data_mod.DeviceSplit:
-        """The data one trial uses (cached on this task object)."""
+    def load_split(self, split: str = "val", device: torch.device | None = None):
+        """The data one trial uses (cached on this task object): a DeviceSplit of images,
+        or a TextSplit of a text corpus."""
         device = device or self.resolve_device()
         key = (split, str(device))
+        if key not in self._splits and self.kind == "text":
+            self._splits.clear()
+            self._splits[key] = text_mod.prepare_text_split(
+                self.dataset, split=split, sequences=self.train_size,
+                block_size=self.block_size or get_preset(self.model).block_size, val_size=self.val_size,
+                test_size=self.test_size, device=device, root=self.data_root,
+                verify_checksums=self.verify_checksums)
         if key not in self._splits:
             self._splits.clear()  # one split at a time on the device
             self._splits[key] = data_mod.prepare_split(
@@ -169,10 +236,13 @@ class ProxyTask:
                 verify_checksums=self.verify_checksums)
         return self._splits[key]
 
-    def build(self, candidate, data: data_mod.DeviceSplit) -> nn.Module:
+    def build(self, candidate, data) -> nn.Module:
         """A fresh model for `candidate` on `data`'s device (seed the RNG first)."""
+        if isinstance(data, text_mod.TextSplit):
+            return build_model(self.model, candidate.module_class(), vocab_size=data.vocab_size,
+                               block_size=data.block_size, mlp=self.mlp).to(data.train.device)
         return build_model(self.model, candidate.module_class(), data.in_chans, data.num_classes,
-                           data.image_size).to(data.train_x.device)
+                           data.image_size, mlp=self.mlp).to(data.train_x.device)
 
     # ---- one trial ----------------------------------------------------------
     def evaluate(self, candidate, seed: int = 0, report: Report | None = None, split: str = "val",
@@ -183,9 +253,11 @@ class ProxyTask:
         report: called as report(epoch, metrics) after each epoch (1-based); it may
           raise to stop the trial (pruning): the exception propagates after cleanup,
           carrying the partial result as ``exc.partial_result`` (status "pruned").
-          metrics: "<split>_acc", "<split>_loss" (split = val or test), "train_loss"
-          (mean over the epoch), "lr", "epoch_seconds", "train_seconds",
-          "samples_per_s" (training only), and per learnable coefficient c
+          metrics: the score "<split>_<metric>" (split = val or test; "val_acc" for
+          images, "val_bpc" for text: see `metric`), "<split>_loss" (cross-entropy,
+          nats per image or per character), "train_loss" (mean over the epoch),
+          "lr", "epoch_seconds", "train_seconds", "samples_per_s" (training only;
+          a text sample is one sequence), and per learnable coefficient c
           "coef/<c>_mean" and "coef/<c>" (its value in each activation instance).
         split: "val" scores on the validation split; "test" trains the same way and
           scores on the official test set (confirmation only).
@@ -237,14 +309,14 @@ class ProxyTask:
 
 
 # The fields that decide what load_split() returns.
-_DATA_FIELDS = ("dataset", "model", "train_size", "val_size", "test_size", "image_size", "device",
+_DATA_FIELDS = ("dataset", "model", "train_size", "val_size", "test_size", "image_size", "block_size", "device",
                 "data_root", "download", "verify_checksums")
 
 
 class _Run:
     """The state of one training run (so that cleanup and partial results are easy)."""
 
-    def __init__(self, task: ProxyTask, candidate, data: data_mod.DeviceSplit, seed: int,
+    def __init__(self, task: ProxyTask, candidate, data, seed: int,
                  device: torch.device, split: str):
         self.task, self.candidate, self.data, self.seed, self.device, self.split = \
             task, candidate, data, seed, device, split
@@ -264,7 +336,7 @@ class _Run:
         torch.manual_seed(seed)  # seeds CPU and every CUDA device: model init, dropout, drop-path
         self.model = task.build(candidate, data)
         self.acts = [m for m in self.model.modules() if isinstance(m, self.act_cls)]
-        self.steps_per_epoch = data_mod.steps_per_epoch(data.train_x.shape[0], task.batch_size)
+        self.steps_per_epoch = data.n_steps(task.batch_size)
         self.total_steps = task.epochs * self.steps_per_epoch
         self.warmup = max(1, round(task.warmup_fraction * self.total_steps))
         # fused: one kernel per step for all parameters on CUDA (the default there is foreach)
@@ -300,12 +372,13 @@ class _Run:
             self.generator.manual_seed(self.seed * 1_000_003 + epoch)
             loss_sum = torch.zeros((), device=self.device)
             window = torch.zeros((), device=self.device)
-            n_window = 0
-            for xb, yb in data_mod.epoch_batches(data.train_x, data.train_y, task.batch_size,
-                                                 self.generator, self.augment):
+            n_window = n_samples = 0
+            for xb, yb in data.batches(task.batch_size, self.generator, self.augment):
                 with self.autocast():
                     logits = self.model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.label_smoothing)
+                # images: (batch, classes) vs (batch,); text: (batch, time, vocab) vs (batch, time)
+                loss = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(),
+                                       label_smoothing=self.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if task.grad_clip > 0:
@@ -317,6 +390,7 @@ class _Run:
                 loss_sum += loss
                 window += loss
                 n_window += 1
+                n_samples += xb.shape[0]
                 if self.first_loss is None:
                     self.first_loss = loss.item()  # the one extra sync of the run
                     if not math.isfinite(self.first_loss):
@@ -336,15 +410,17 @@ class _Run:
             eval_loss, eval_acc = self._evaluate()
             if not math.isfinite(eval_loss):
                 return "diverged", f"{self.split} loss is {eval_loss} after epoch {epoch + 1}"
+            # bits per character: the mean cross-entropy in nats over every scored character, / ln 2
+            score = eval_loss / math.log(2) if task.metric is BITS_PER_CHAR else eval_acc
             metrics = {
                 "epoch": epoch + 1,
-                f"{self.split}_acc": eval_acc,
+                task.metric.key(self.split): score,
                 f"{self.split}_loss": eval_loss,
                 "train_loss": train_loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "epoch_seconds": time.perf_counter() - t_epoch,
                 "train_seconds": t_train,
-                "samples_per_s": self.steps_per_epoch * min(task.batch_size, data.train_x.shape[0]) / t_train,
+                "samples_per_s": n_samples / t_train,
                 **self._coefficient_metrics(),
             }
             self.history.append(metrics)
@@ -368,6 +444,8 @@ class _Run:
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:
+        """(mean cross-entropy in nats, accuracy) over every scored target: one per image,
+        or one per character of each text window."""
         self.model.eval()
         x, y = self.data.eval_x, self.data.eval_y
         loss = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -376,9 +454,9 @@ class _Run:
             with self.autocast():
                 logits = self.model(x[i:i + self.task.eval_batch_size]).float()
             yb = y[i:i + self.task.eval_batch_size]
-            loss += F.cross_entropy(logits, yb, reduction="sum")
-            correct += (logits.argmax(1) == yb).sum()
-        return loss.item() / x.shape[0], correct.item() / x.shape[0]
+            loss += F.cross_entropy(logits.flatten(0, -2), yb.flatten(), reduction="sum")
+            correct += (logits.argmax(-1) == yb).sum()
+        return loss.item() / y.numel(), correct.item() / y.numel()
 
     # -- coefficients --
     def coefficients(self) -> dict[str, list[float]]:
@@ -437,7 +515,7 @@ class _Run:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             peak, kind = rss * (1 if sys.platform == "darwin" else 1024), "process_max_rss"
         coefs = self.coefficients()
-        return TrialResult(status, score, epochs_completed=len(self.history),
+        return TrialResult(status, score, epochs_completed=len(self.history), data=dict(self.data.provenance),
                            metrics=dict(final), history=[dict(h) for h in self.history], coefficients=coefs,
                            wall_seconds=time.perf_counter() - t0, peak_memory_bytes=int(peak),
                            peak_memory_kind=kind, reason=reason, resumed_from_epoch=self.resumed_from,
@@ -513,4 +591,4 @@ def _versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
 
 
-__all__ = ["ProxyTask", "Checkpoint", "Report"]
+__all__ = ["ProxyTask", "Checkpoint", "Report", "TEXT_DEFAULTS"]

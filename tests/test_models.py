@@ -15,13 +15,20 @@ def _acts(model, cls):
     return [m for m in model.modules() if isinstance(m, cls)]
 
 
+def _params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
 def test_registry_lists_the_presets_and_filters_by_glob():
-    assert list_models() == ["deit-tiny", "resnet-tiny", "vit-nano", "vit-tiny"]
+    assert list_models() == ["deit-tiny", "gpt-nano", "gpt-small", "resnet-tiny", "vit-nano", "vit-tiny"]
     assert list_models("vit-*") == ["vit-nano", "vit-tiny"]
+    assert [get_preset(m).kind for m in list_models("gpt-*")] == ["text", "text"]
+    assert {get_preset(m).kind for m in list_models() if not m.startswith("gpt-")} == {"image"}
 
 
 def test_unknown_model_is_a_value_error_listing_valid_names():
-    with pytest.raises(ValueError, match="unknown model 'vit-huge'; valid models: deit-tiny, resnet-tiny, vit-nano"):
+    with pytest.raises(ValueError, match="unknown model 'vit-huge'; valid models: deit-tiny, gpt-nano, gpt-small, "
+                                         "resnet-tiny, vit-nano"):
         build_model("vit-huge", CRRELU.module_class())
 
 
@@ -68,3 +75,56 @@ def test_resnet_tiny_uses_the_candidate_in_every_block():
     assert out.shape == (2, 10)
     out.sum().backward()
     assert all(a.eps.grad is not None for a in acts)
+
+
+# ---- gated MLPs (mlp="glu") --------------------------------------------------------
+
+@pytest.mark.parametrize("name, hidden, glu_hidden", [("vit-nano", 128, 85), ("vit-tiny", 768, 512)])
+def test_vit_glu_gates_with_the_candidate_at_two_thirds_width_and_matches_the_plain_parameter_count(
+        name, hidden, glu_hidden):
+    cls = CRRELU.module_class()
+    plain = build_model(name, cls, in_chans=1, num_classes=10)
+    glu = build_model(name, cls, in_chans=1, num_classes=10, mlp="glu")
+    p_mlp, g_mlp = plain.blocks[0].mlp, glu.blocks[0].mlp
+    assert p_mlp.fc1.out_features == hidden
+    assert g_mlp.fc1_g.out_features == g_mlp.fc1_x.out_features == g_mlp.fc2.in_features == glu_hidden
+    assert isinstance(g_mlp.act, cls) and len(_acts(glu, cls)) == len(glu.blocks)
+    # 3 d h' = 2 d h weights; the bias vectors are what is left, less than one hidden unit (3d + 2) per MLP
+    d = glu.embed_dim
+    assert abs(_params(g_mlp) - _params(p_mlp)) < 3 * d + 2
+    assert abs(_params(glu) - _params(plain)) < len(glu.blocks) * (3 * d + 2)
+    assert _params(glu) == pytest.approx(_params(plain), rel=1e-3)
+
+
+def test_vit_glu_computes_fc2_of_the_candidate_gate_times_the_linear_branch():
+    cls = CRRELU.module_class()
+    mlp = build_model("vit-nano", cls, mlp="glu").blocks[1].mlp
+    x = torch.randn(2, 5, 64)
+    expected = mlp.fc2(mlp.act(mlp.fc1_g(x)) * mlp.fc1_x(x))
+    torch.testing.assert_close(mlp(x), expected)
+    relu_part = torch.relu(mlp.fc1_g(x)) + 0.01 * mlp.fc1_g(x) * torch.exp(-mlp.fc1_g(x) ** 2 / 2)
+    torch.testing.assert_close(mlp(x), mlp.fc2(relu_part * mlp.fc1_x(x)))
+
+
+def test_vit_glu_gate_keeps_the_vit_init_not_swiglus_constant_gate():
+    # timm's SwiGLU.init_weights would set the gate to weight ~1e-6, bias 1: every gate input
+    # ~1 at init, where the candidate's shape near 0 would not matter.
+    mlp = build_model("vit-tiny", CRRELU.module_class(), mlp="glu").blocks[0].mlp
+    assert mlp.fc1_g.bias.abs().max().item() == 0.0
+    assert mlp.fc1_g.weight.std().item() == pytest.approx(mlp.fc1_x.weight.std().item(), rel=0.1)
+    assert mlp.fc1_g.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_mlp_option_is_checked():
+    with pytest.raises(ValueError, match="unknown mlp 'swiglu'; valid: plain, glu"):
+        build_model("vit-nano", CRRELU.module_class(), mlp="swiglu")
+    with pytest.raises(ValueError, match="resnet-tiny has no MLP to gate"):
+        build_model("resnet-tiny", CRRELU.module_class(), mlp="glu")
+
+
+def test_text_presets_need_a_vocabulary_size():
+    with pytest.raises(ValueError, match="gpt-nano is a text model: build_model needs vocab_size"):
+        build_model("gpt-nano", CRRELU.module_class())
+    model = build_model("gpt-nano", CRRELU.module_class(), vocab_size=84)
+    assert model(torch.randint(0, 84, (2, 16))).shape == (2, 16, 84)
+    assert model.block_size == get_preset("gpt-nano").block_size
