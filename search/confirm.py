@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 from search import racing
 from search.atomic import atomic_path
 from search.baselines import REFERENCE
+from search.policy import precision_of
 from search.records import ConfirmRecord, TrialRecord, jsonable, result_fields
 
 CONFIRM_FILE = "confirm.jsonl"
@@ -148,7 +149,7 @@ def run_one(task, entry: Entry, seed: int, checkpoint=None) -> ConfirmRecord:
     import spaces
 
     base = dict(label=entry.label, fingerprint=entry.fingerprint, candidate=entry.candidate, seed=seed,
-                pid=os.getpid(), node=platform.node(), precision=getattr(task, "precision", None))
+                pid=os.getpid(), node=platform.node(), precision=precision_of(task))
     try:
         candidate = spaces.Candidate.from_dict(entry.candidate)
         result = task.evaluate(candidate, seed=seed, split="test", checkpoint=checkpoint)

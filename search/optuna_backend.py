@@ -169,7 +169,7 @@ class Objective:
                      "device"):
             trial.set_user_attr(name, jsonable(getattr(outcome, name)))
         if outcome.device:
-            trial.set_user_attr("precision", getattr(self.task, "precision", None))
+            trial.set_user_attr("precision", policy.precision_of(self.task))
         if outcome.status == "ok":
             return outcome.score
         raise optuna.TrialPruned(f"{outcome.status}: {outcome.reason}")

@@ -133,6 +133,12 @@ class Outcome:
                        dict(self.learned_per_layer), 0.0, None)
 
 
+def precision_of(task) -> str | None:
+    """The precision a task trains in, resolved ("fp32", "bf16"; a task set to "auto" says which)."""
+    resolve = getattr(task, "resolve_precision", None)
+    return resolve() if resolve is not None else getattr(task, "precision", None)
+
+
 def record(number: int, outcome: Outcome, *, baseline: str | None, params: dict | None, built: Built | None,
            duplicate_of: int | None = None, state: str | None = None, precision: str | None = None,
            history: list | None = None) -> TrialRecord:
@@ -301,5 +307,5 @@ class Best:
 
 
 __all__ = ["MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW", "COUNTED", "counts", "evaluated",
-           "search_note", "baselines_warning", "Built", "build", "Outcome", "record", "Registry", "StopRules",
-           "Pruning", "pruning", "may_prune", "progress_line", "Best"]
+           "search_note", "baselines_warning", "Built", "build", "Outcome", "precision_of", "record", "Registry",
+           "StopRules", "Pruning", "pruning", "may_prune", "progress_line", "Best"]

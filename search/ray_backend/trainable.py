@@ -84,7 +84,7 @@ def train_trial(trial_config: dict, *, task, space, seed: int, cpus: float, even
     outcome = Outcome.from_result(result)
     log("end", status=outcome.status, resumed_from_epoch=result.resumed_from_epoch)
     tune.report(final_report(outcome, key, t0, result.resumed_from_epoch, formula=candidate.formula,
-                             epoch=result.epochs_completed, precision=task.precision))
+                             epoch=result.epochs_completed, precision=policy.precision_of(task)))
 
 
 _TASKS: dict = {}
