@@ -453,13 +453,7 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
     records, confirmation = [], None
     try:
         with backend.session(config):
-            try:
-                records = backend.search(config, space, task, study_dir)
-            except UsageError as e:  # found only once the storage was open (a study of other settings)
-                _error(_one_line(e))
-                if not had_config:
-                    config_path.unlink()
-                return EXIT_USAGE
+            records = backend.search(config, space, task, study_dir)
             note = policy.search_note(records, config.trials)
             if note:
                 print(note, file=sys.stderr)
@@ -476,6 +470,11 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
             runner = backend.confirm_runner(config, task, study_dir)
             confirmation = confirm_mod.confirm(entries, config.confirmation_seeds, study_dir, runner, task.metric,
                                                adaptive=config.racing)
+    except UsageError as e:  # found only once connected: a storage of other settings, a cluster out of reach
+        _error(_one_line(e))
+        if not had_config:
+            config_path.unlink()
+        return EXIT_USAGE
     except SearchInterrupted as e:
         return _partial(config, e.records, task, resume, "the search was interrupted", t0)
     except TooManyErrors as e:

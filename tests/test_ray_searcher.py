@@ -2,6 +2,7 @@
 first, deduplication by fingerprint, its saved state) and the schedulers' rules."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -28,7 +29,7 @@ class _Task:
 
 def final(status="ok", score=0.5):
     o = Outcome(status, score, None if status == "ok" else "why")
-    return {"final": True, "outcome": o.to_dict(), METRIC: score if score is not None else math.nan,
+    return {"final": True, "outcome": json.dumps(o.to_dict()), METRIC: score if score is not None else math.nan,
             rb.TIME_ATTR: 2}
 
 

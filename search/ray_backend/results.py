@@ -8,6 +8,7 @@ Tune id, pid, node, attempts, resumed epoch, start/end times.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -26,9 +27,15 @@ TRIALS_FILE = "ray_trials.json"
 
 
 def trial_outcome(result: dict, key: str) -> Outcome:
-    """What a finished trial's last result says (a scheduler's stop: pruned)."""
+    """What a finished trial's last result says (a scheduler's stop: pruned).
+
+    The outcome travels as JSON text: Tune flattens nested dicts in the results
+    it hands a searcher, a string it leaves alone.
+    """
     if result.get("final"):
-        return Outcome.from_dict(result.get("outcome") or {"status": "error", "reason": "no outcome reported"})
+        text = result.get("outcome")
+        return Outcome.from_dict(json.loads(text)) if isinstance(text, str) else \
+            Outcome("error", reason="the trial reported no outcome")
     epoch, value = result.get(TIME_ATTR), finite_or_none(result.get(key))
     at = f" at {key} {value:.4f}" if value is not None else ""
     return Outcome("pruned", reason=f"stopped by the scheduler after epoch {epoch}{at}",

@@ -50,7 +50,9 @@ def train_trial(trial_config: dict, *, task, space, seed: int, cpus: float, even
         owner = trial_config["duplicate_of"]
         log("duplicate", duplicate_of=owner)
         outcome = Outcome.from_dict(trial_config["reuse"]).reused_by_duplicate(owner)
-        tune.report(final_report(outcome, key, t0, None, duplicate_of=owner))
+        built = policy.build(space, {}, params=trial_config.get("params"))
+        tune.report(final_report(outcome, key, t0, None, duplicate_of=owner,
+                                 formula=built.candidate.formula if built.candidate is not None else None))
         return
     baseline = trial_config.get("baseline")
     baselines = {baseline: spaces.Candidate.from_dict(trial_config["candidate"])} if baseline else {}
@@ -109,9 +111,10 @@ def cached_task(task, cpus: float):
 
 def final_report(outcome: Outcome, key: str, t0: float, resumed_from, *, duplicate_of=None, formula=None,
                  epoch: int = 0, precision: str | None = None) -> dict:
-    """The trial's last report: everything its record needs."""
+    """The trial's last report: everything its record needs (the outcome as JSON text: Tune
+    would flatten a nested dict before a searcher sees it)."""
     out = {TIME_ATTR: int(epoch), key: outcome.score if outcome.score is not None else math.nan, "final": True,
-           "outcome": outcome.to_dict(), "resumed_from_epoch": resumed_from, "started_at": t0,
+           "outcome": json.dumps(outcome.to_dict()), "resumed_from_epoch": resumed_from, "started_at": t0,
            "ended_at": time.time(), "formula": formula, "precision": precision}
     if duplicate_of is not None:
         out["duplicate_of"] = duplicate_of
