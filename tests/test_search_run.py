@@ -358,3 +358,13 @@ def test_a_study_that_is_running_elsewhere_is_not_run_twice(existing_runs, capsy
     # the holder is gone (killed): its lock went with it
     from search import lock
     assert lock.holder(existing_runs / STUDY) is None
+
+
+def test_trials_that_only_hold_the_baselines_warn_that_nothing_is_searched(tmp_path, capsys):
+    argv = ["--train-size", "64", "--val-size", "50", "--test-size", "100", "--epochs", "1", "--trials", "4",
+            "--confirm-seeds", "2", "--runs-dir", str(tmp_path)]
+    assert run.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--trials 4 holds only the 4 baselines: nothing will be searched" in err
+    rows = json.loads((tmp_path / STUDY / "leaderboard.json").read_text())
+    assert {r["label"] for r in rows} == set(spaces.BASELINES)
