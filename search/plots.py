@@ -140,17 +140,16 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
     ok = [r for r in records if r.is_ok]
     searched = [r for r in ok if not r.baseline]
     base = [r for r in ok if r.baseline]
+    y = lambda rs: [metric.scale * r.score for r in rs]  # noqa: E731 - printed units (accuracy in %)
     if searched:
-        ax.scatter([r.number for r in searched], [r.score for r in searched], s=22, label="trial")
+        ax.scatter([r.number for r in searched], y(searched), s=22, label="trial")
     if base:
-        ax.scatter([r.number for r in base], [r.score for r in base], marker="s", s=36, color="k",
-                   label="baseline")
+        ax.scatter([r.number for r in base], y(base), marker="s", s=36, color="k", label="baseline")
     if ok:
         order = sorted(ok, key=lambda r: r.number)
         acc = np.maximum.accumulate if metric.direction == "maximize" else np.minimum.accumulate
-        ax.step([r.number for r in order], acc([r.score for r in order]), where="post", color="C3",
-                label="best so far")
-        floor = min(r.score for r in ok) if metric.direction == "maximize" else max(r.score for r in ok)
+        ax.step([r.number for r in order], acc(y(order)), where="post", color="C3", label="best so far")
+        floor = min(y(ok)) if metric.direction == "maximize" else max(y(ok))
     else:
         floor = 0.0
     failed = [r for r in records if not r.is_ok and r.status != "running"]
@@ -164,14 +163,14 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(f"validation {metric.title} ({metric.key('val')}, stored units)")
+    ax.set_ylabel(f"validation {metric.title}")
     ax.set_title(f"Optimisation history ({len(ok)} scored of {len(records)} trials)")
     ax.grid(alpha=0.3)
     if ok or failed:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     if base:
-        place_labels(ax, [r.number for r in base], [r.score for r in base], [r.baseline for r in base])
+        place_labels(ax, [r.number for r in base], y(base), [r.baseline for r in base])
     _save(fig, path)
 
 
@@ -183,19 +182,20 @@ def plot_zero_cost(path: str | Path, rows: list[dict], metric: Metric = ACCURACY
 
     agreement = zero_cost_agreement(rows)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ys = [metric.scale * v for v in agreement["y"]] if agreement else []  # printed units; tau is unchanged
     if agreement:
-        ax.scatter(agreement["x"], agreement["y"], s=26)
+        ax.scatter(agreement["x"], ys, s=26)
         tau = f"Kendall tau of these two: {agreement['tau']:+.2f} (p = {agreement['p']:.2g}, n = {agreement['n']})"
     else:
         tau = "too few candidates for a rank correlation"
     ax.set_title(f"Zero-cost EAFO score against training\n{tau}", fontsize=10)
     ax.set_xlabel("-H[f(x)], x ~ N(0, 1), nats (EAFO predicts: higher is better)")
     flip = "-" if metric.direction == "minimize" else ""
-    ax.set_ylabel(f"{flip}search {metric.key('val')} (up is better)")
+    ax.set_ylabel(f"{flip}search {metric.title} (up is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     if agreement:
-        place_labels(ax, agreement["x"], agreement["y"], agreement["labels"])
+        place_labels(ax, agreement["x"], ys, agreement["labels"])
     _save(fig, path)
     return agreement
 

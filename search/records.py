@@ -4,25 +4,21 @@ Both backends (Optuna, Ray Tune) turn their trials into `TrialRecord`s, and
 `search.results.write_results` makes every file from those records alone, so
 the files on disk do not depend on which backend ran.
 
-A backend is one function, found by name in `search.run.BACKENDS`::
+A backend is a module, found by name in `search.run.BACKENDS`, with three functions::
 
     def run_<backend>(config: SearchConfig, space: spaces.Space, task: evaluators.ProxyTask,
                       study_dir: pathlib.Path) -> list[TrialRecord]
+    def session(config) -> context manager   # around the search and the confirmation (Ray: connected)
+    def confirm_runner(config, task, study_dir) -> a runner for search.confirm.confirm
 
-It must
-- run the baselines first (`--baselines`, label = their name, params None),
-  once per study, then trials from `space.suggest(trial)` / `space.build(params)`;
-- train with `task.evaluate(candidate, seed=config.seed, report=..., split="val")`,
-  turning `report(epoch, metrics)` into its own reporting/pruning;
-- use `result_fields(result)` for a record's outcome (a non-finite score becomes
-  "diverged": never a number), reuse the outcome of an already evaluated
-  fingerprint (`duplicate_of`), and never stop the study for a rejected or
-  diverged candidate;
-- stop once the study holds `config.trials` finished trials (a rerun continues);
+The search follows `search.policy` (baselines first, candidates, deduplication,
+what counts toward --trials, when to stop, pruning, progress, these records);
+a backend keeps only the glue to its library. It must
 - on Ctrl-C, raise `search.exceptions.SearchInterrupted(message, records)` with
   the records that finished, so the CLI can save a partial leaderboard;
 - return one record per trial (any status), in trial-number order.
-`search.run` then confirms the best candidates and calls `write_results`.
+`search.run` then confirms the best candidates with the backend's runner and
+calls `write_results`.
 """
 from __future__ import annotations
 
