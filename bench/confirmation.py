@@ -2,9 +2,10 @@
 
     python bench/confirmation.py [--out bench/results/confirmation_cpu.json] [--quick]
 
-1. Racing vs fixed, on the same study. The bare command's search
-   (`python -m search.run --space eafo_default`, Optuna backend) confirms its
-   top 2 and the 4 baselines with racing, up to 10 seeds. A copy of the study is then
+1. Racing vs fixed, on the same study. A small default-space search on
+   Fashion-MNIST (`python -m search.run`, Optuna backend; `--default-study`:
+   the bare command's) confirms its top 2 and the 4 baselines with racing, up
+   to 10 seeds. A copy of the study is then
    confirmed with --no-racing: it reuses the racing runs (training is
    deterministic per candidate and seed on the CPU, so they are the runs the
    fixed design would have made) and trains the rest. Reported: runs and
@@ -36,9 +37,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray stays on loopback (shared/DESIGN.md)
 
-# The bare command's study (12 trials of 3 epochs on 5,000 images, top 2 + 4 baselines, 10,000
-# test images), confirmed on up to 10 seeds.
-STUDY = ["--space", "eafo_default", "--confirm-seeds", "10", "--device", "cpu", "--study", "bench"]
+# A smaller study than the bare command's (10 trials of 2 epochs on 2,000 images, 2,000 test
+# images; 60 confirmation runs at most): ~5 min of confirmation on 2 idle cores, not ~20.
+# --default-study uses the bare command's settings instead.
+STUDY = ["--space", "eafo_default", "--trials", "10", "--epochs", "2", "--train-size", "2000",
+         "--val-size", "1000", "--test-size", "2000", "--confirm-top", "2", "--confirm-seeds", "10",
+         "--device", "cpu", "--study", "bench"]
+DEFAULT_STUDY = ["--space", "eafo_default", "--confirm-seeds", "10", "--device", "cpu", "--study", "bench"]
 QUICK = ["--trials", "6", "--epochs", "1", "--train-size", "500", "--val-size", "300", "--test-size", "500",
          "--confirm-seeds", "5"]
 RAY_SEEDS = [101, 102, 103]
@@ -67,8 +72,8 @@ def _decisions(study_dir: Path) -> dict:
             "runs": len(records), "train_seconds": round(sum(r.wall_time or 0.0 for r in records), 1)}
 
 
-def racing_vs_fixed(runs_dir: Path, extra: list[str]) -> dict:
-    args = STUDY + extra + ["--runs-dir", str(runs_dir)]
+def racing_vs_fixed(runs_dir: Path, study: list[str]) -> dict:
+    args = study + ["--runs-dir", str(runs_dir)]
     rc, wall, _ = _run_cli(args)
     assert rc == 0, f"the search exited with {rc}"
     racing = {**_decisions(runs_dir / "bench"), "wall_seconds": round(wall, 1)}
@@ -139,14 +144,16 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--quick", action="store_true", help="a tiny study (a smoke test of this script)")
+    p.add_argument("--default-study", action="store_true", help="the bare command's study (slower)")
     p.add_argument("--keep", help="keep the studies in this folder (default: a temporary one)")
     args = p.parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="eafo-bench-confirm-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    out = {"bench": "confirmation", "study": STUDY + (QUICK if args.quick else []),
+    study = (DEFAULT_STUDY if args.default_study else STUDY) + (QUICK if args.quick else [])
+    out = {"bench": "confirmation", "study": study,
            "machine": {"node": platform.node(), "cpus": os.cpu_count(), "load_average_before": os.getloadavg()}}
-    out["racing_vs_fixed"] = racing_vs_fixed(work / "runs", QUICK if args.quick else [])
+    out["racing_vs_fixed"] = racing_vs_fixed(work / "runs", study)
     out["ray_vs_serial"] = ray_vs_serial(work / "runs" / "bench", work)
     out["machine"]["load_average_after"] = os.getloadavg()
     out["seconds"] = round(time.perf_counter() - t0, 1)
