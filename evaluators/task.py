@@ -132,6 +132,26 @@ class ProxyTask:
             new._splits = self._splits
         return new
 
+    def resolve_precision(self, device: torch.device | None = None) -> str:
+        """"bf16" (autocast) or "fp32": "auto" is bf16 on CUDA, fp32 elsewhere (as `_Run` trains)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if (device or self.resolve_device()).type == "cuda" else "fp32"
+
+    def check_data(self) -> None:
+        """Raise ValueError unless the data is there and every size fits it (train, val, test).
+
+        Loads it as training would, on the CPU, and keeps nothing loaded in this
+        process: for a driver that trains nothing (Ray's: its workers load their own).
+        """
+        kept = dict(self._splits)
+        try:
+            self.load_split("test", torch.device("cpu"))  # the test split checks train, val and test sizes
+        finally:
+            self._splits.clear()
+            self._splits.update(kept)
+            data_mod.clear_cache()
+
     def __getstate__(self):  # Ray pickles tasks to workers: send the config, not cached tensors
         state = dict(self.__dict__)
         state["_splits"] = {}
@@ -155,24 +175,6 @@ class ProxyTask:
         if dev.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device {self.device!r} requested but MPS is not available")
         return dev
-
-    def resolve_precision(self, device: torch.device | None = None) -> str:
-        """"bf16" (autocast) or "fp32": "auto" is bf16 on CUDA, fp32 elsewhere."""
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if (device or self.resolve_device()).type == "cuda" else "fp32"
-
-    def check_data(self) -> None:
-        """Raise ValueError unless the data is there and every size fits it (train, val, test).
-
-        Keeps nothing loaded in this process: for a driver that trains nothing
-        (Ray's: its workers load the data themselves).
-        """
-        data_mod.prepare_split(
-            self.dataset, split="test", train_size=self.train_size, val_size=self.val_size,
-            test_size=self.test_size, image_size=self.image_size or get_preset(self.model).img_size,
-            device="cpu", root=self.data_root, download=self.download, verify_checksums=self.verify_checksums)
-        data_mod.clear_cache()
 
     def load_split(self, split: str = "val", device: torch.device | None = None) -> data_mod.DeviceSplit:
         """The data one trial uses (cached on this task object)."""
@@ -275,7 +277,7 @@ class _Run:
         self.label_smoothing = task.label_smoothing if task.label_smoothing is not None else \
             preset.recipe.get("label_smoothing", 0.0)
         self.augment = task.augment or data.default_augment
-        bf16 = task.resolve_precision(device) == "bf16"
+        bf16 = task.precision == "bf16" or (task.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else \
             contextlib.nullcontext
 
