@@ -276,17 +276,9 @@ def prepare(config: SearchConfig):
                      train_size=config.train_size, val_size=config.val_size, test_size=config.test_size,
                      device=config.device, data_root=config.data_root, download=config.download)
     task = resolve_hardware(config, task)
-    if config.backend == "ray":
-        task.check_data()  # the driver trains nothing: it keeps no data, the workers load their own
-    else:
-        task.load_split("val")  # the data exists and the sizes fit it; kept for the first trial
-        if config.test_size is not None:
-            from evaluators import load_dataset
-
-            n_test = load_dataset(config.dataset, config.data_root, config.download).test_labels.size
-            if config.test_size > n_test:
-                raise UsageError(f"--test-size {config.test_size} is larger than {config.dataset}'s "
-                                 f"test set ({n_test} images)")
+    # The data is there and every size fits it; nothing stays loaded here (under Ray the
+    # driver trains nothing; under Optuna the first trial loads its split on the device).
+    task.check_data()
     backend = get_backend(config.backend)
     _check_study_dir(config)
     from search.storage import check_storage

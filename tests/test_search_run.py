@@ -162,7 +162,7 @@ BAD = {
     "zero timeout": (["--timeout", "0"], "--timeout"),
     "one confirmation seed": (["--confirm-seeds", "1"], "--confirm-seeds"),
     "train set larger than the data": (["--train-size", "70000"], "train_size"),
-    "test set larger than the data": (["--test-size", "20000"], "--test-size"),
+    "test set larger than the data": (["--test-size", "20000"], "test_size=20000"),
     "unknown sampler": (["--sampler", "cmaes"], "--sampler"),
     "unreachable storage folder": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "not a storage url": (["--storage", "not a url"], "not a database URL"),
