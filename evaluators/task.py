@@ -185,6 +185,26 @@ class ProxyTask:
             new._splits = self._splits
         return new
 
+    def resolve_precision(self, device: torch.device | None = None) -> str:
+        """"bf16" (autocast) or "fp32": "auto" is bf16 on CUDA, fp32 elsewhere (as `_Run` trains)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if (device or self.resolve_device()).type == "cuda" else "fp32"
+
+    def check_data(self) -> None:
+        """Raise ValueError unless the data is there and every size fits it (train, val, test).
+
+        Loads it as training would, on the CPU, and keeps nothing loaded in this
+        process: for a driver that trains nothing (Ray's: its workers load their own).
+        """
+        kept = dict(self._splits)
+        try:
+            self.load_split("test", torch.device("cpu"))  # the test split checks train, val and test sizes
+        finally:
+            self._splits.clear()
+            self._splits.update(kept)
+            data_mod.clear_cache()
+
     def __getstate__(self):  # Ray pickles tasks to workers: send the config, not cached tensors
         state = dict(self.__dict__)
         state["_splits"] = {}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from search.baselines import DEFAULT as DEFAULT_BASELINES
 from search.exceptions import UsageError
 from search.records import DictRecord
 
@@ -31,8 +32,11 @@ class SearchConfig(DictRecord):
     seed: int = 0                   # seeds the sampler and every search trial's training;
                                     # confirmation uses seed+1 .. seed+confirm_seeds
     # ---- how much search ------------------------------------------------------
-    trials: int = 12                # evaluated trials the study should hold, the 4 baselines included;
+    trials: int = 12                # evaluated trials the study should hold, the baselines included;
                                     # duplicates (free) do not count; a rerun only runs what is missing
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))  # trained first,
+                                    # confirmed beside the best; names of spaces.list_activations();
+                                    # gelu (the reference of the winner decision) must be one
     timeout: float | None = None    # seconds for the search phase (None: no limit); the running
                                     # trial finishes, confirmation is not limited
     sampler: str = "tpe"            # tpe (multivariate, grouped: the space is conditional) | gp | random
@@ -41,8 +45,10 @@ class SearchConfig(DictRecord):
                                     # candidates (measured), leaving too few to confirm for a saving
                                     # of ~1 min; use median/hyperband with 10+ epochs
     # ---- confirmation: one seed lies -------------------------------------------
-    confirm_top: int = 2            # distinct best search candidates retrained, besides the 4 baselines
-    confirm_seeds: int = 3          # fresh seeds per confirmed candidate, scored on the test split
+    confirm_top: int = 2            # distinct best search candidates retrained, besides the baselines
+    confirm_seeds: int = 3          # most fresh seeds per confirmed candidate, scored on the test split
+    racing: bool = True             # seeds in rounds (3, 5, 8, 10, ...), only to candidates still ahead
+                                    # of GELU (search.racing); False: every candidate on every seed
     # ---- where results go -------------------------------------------------------
     study: str | None = None        # study name (None: "<space>-<dataset>-<model>")
     runs_dir: str = "runs"          # results go to <runs_dir>/<study>/
@@ -119,6 +125,8 @@ class SearchConfig(DictRecord):
                              "(it names a folder)")
         if not self.runs_dir:
             raise UsageError("--runs-dir must not be empty")
+        if not isinstance(self.baselines, list) or not all(isinstance(b, str) for b in self.baselines):
+            raise UsageError(f"--baselines must be a list of activation names, got {self.baselines!r}")
         return self
 
     # ---- config.json (to_dict, from_dict: DictRecord) ---------------------------------

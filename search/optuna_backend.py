@@ -1,5 +1,10 @@
 """The embedded backend: an Optuna study in RDB storage (SQLite by default).
 
+The search policy (baselines first, candidates, deduplication, counting,
+stopping, pruning, progress, records) is search.policy's; this module maps it
+onto Optuna: the study's direction is the task metric's, trials carry the
+policy's outcome in user attrs, and the trials table is the dedup registry.
+
 How outcomes become Optuna states (the sampler must learn from every outcome,
 and NaN must never be scored as a number):
 
@@ -18,31 +23,26 @@ and NaN must never be scored as a number):
 - killed (SIGKILL)   -> stays RUNNING without heartbeats; the next run finds it
                         stale and `RetryHeartbeatStaleTrialCallback` enqueues it again
 
-Duplicates: a candidate whose fingerprint an earlier finished (COMPLETE or
-PRUNED) trial already evaluated is not trained again; the trial reuses that
-outcome (returns its value, or is pruned again) and records `duplicate_of`.
-Duplicates are free, so `--trials` counts evaluated trials only; a sampler that
-proposes MAX_DUPLICATES_IN_A_ROW duplicates in a row ends the search.
+Duplicates (search.policy.Registry, rebuilt from the study's finished
+trials): the trial reuses the owner's outcome (returns its value, or is pruned
+again) and records `duplicate_of`; duplicates do not count toward --trials.
+Confirmation runs in this process (search.confirm.LocalRunner).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
 from datetime import datetime
 from pathlib import Path
 
-import spaces
+from search import policy
 from search.config import STUDY_KEYS
 from search.exceptions import SearchInterrupted, TooManyErrors, UsageError
-from search.records import TrialRecord, finite_or_none, jsonable, result_fields, trial_label
+from search.policy import MAX_CONSECUTIVE_ERRORS, MAX_DUPLICATES_IN_A_ROW, Outcome
+from search.records import TrialRecord, finite_or_none, jsonable, trial_label
 from search.storage import open_storage
-
-MAX_CONSECUTIVE_ERRORS = 3
-# A sampler that keeps proposing evaluated candidates has (nearly) exhausted the space.
-MAX_DUPLICATES_IN_A_ROW = 25
-# Finished states: these count towards --trials.
-_FINISHED = ("COMPLETE", "PRUNED")
 
 
 def make_sampler(name: str, seed: int):
@@ -64,22 +64,20 @@ def make_sampler(name: str, seed: int):
     raise ValueError(f"unknown sampler {name!r}; valid: tpe, gp, random")
 
 
-def make_pruner(name: str, epochs: int):
+def make_pruner(plan: policy.Pruning):
+    """The policy's pruning on Optuna (steps are 1-based epochs)."""
     import optuna
 
-    if name == "hyperband":
-        # Steps are epochs (1-based), so resources run from 1 to the epoch budget.
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
-                                              reduction_factor=3)
-    if name == "median":
-        # The 4 baselines are the first finished trials: a candidate is compared with them
+    if plan.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=plan.min_resource, max_resource=plan.epochs,
+                                              reduction_factor=plan.reduction_factor)
+    if plan.kind == "median":
+        # The baselines are the first finished trials: a candidate is compared with them
         # (and later ones) epoch by epoch, from the first epoch on: in the default 3-epoch
-        # budget that is where pruning saves most, and a candidate far below all 4
-        # baselines after one epoch rarely catches up. Steps are 1-based epochs.
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; valid: hyperband, median, none")
+        # budget that is where pruning saves most, and a candidate far below every
+        # baseline after one epoch rarely catches up.
+        return optuna.pruners.MedianPruner(n_startup_trials=plan.n_startup, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
 
 
 class _Interrupt(BaseException):
@@ -94,8 +92,9 @@ class _Interrupt(BaseException):
 class Objective:
     """Optuna objective: build the trial's candidate, reuse a duplicate's outcome, or train it."""
 
-    def __init__(self, space, task, seed: int, epochs: int):
-        self.space, self.task, self.seed, self.epochs = space, task, seed, epochs
+    def __init__(self, space, task, seed: int, epochs: int, baselines: dict):
+        self.space, self.task, self.seed, self.epochs, self.baselines = space, task, seed, epochs, baselines
+        self.metric = task.metric
         self.current: int | None = None  # number of the trial being run (for Ctrl-C)
 
     def __call__(self, trial) -> float:
@@ -125,81 +124,58 @@ class Objective:
         # its killed original's attrs, which are all overwritten below.
         baseline = trial.user_attrs.get("baseline")
         params = None if baseline else self.space.suggest(trial)
-        try:
-            candidate = spaces.BASELINES[baseline] if baseline else self.space.build(params)
-            fingerprint = candidate.fingerprint
-        except (ValueError, TypeError, ArithmeticError, RuntimeError) as e:
-            # A params combination the space cannot build is a rejected candidate.
-            return self._finish(trial, "rejected", f"cannot be built: {type(e).__name__}: {e}")
+        built = policy.build(self.space, self.baselines, params=params, baseline=baseline)
+        if built.candidate is None:
+            return self._finish(trial, Outcome("rejected", reason=built.reason))
+        candidate = built.candidate
         trial.set_user_attr("formula", candidate.formula)
         trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("fingerprint", fingerprint)
+        trial.set_user_attr("fingerprint", built.fingerprint)
 
-        prior = _earlier_outcome(trial.study, fingerprint, trial.number)
-        if prior is not None:
-            trial.set_user_attr("duplicate_of", prior.number)
-            trial.set_user_attr("learned_coefficients", prior.user_attrs.get("learned_coefficients", {}))
-            status = prior.user_attrs.get("status", "ok" if prior.state.name == "COMPLETE" else "pruned")
-            if prior.state.name == "COMPLETE" and finite_or_none(prior.value) is not None:
-                trial.set_user_attr("status", "ok")
-                trial.set_user_attr("reason", f"duplicate of trial {prior.number}: not trained again")
-                return float(prior.value)
-            return self._finish(trial, status, f"duplicate of trial {prior.number} ({status}): "
-                                               f"{prior.user_attrs.get('reason')}")
+        owner = policy.Registry.from_records(records_from_study(trial.study)).owner(built.fingerprint)
+        if owner is not None:
+            number, outcome = owner
+            trial.set_user_attr("duplicate_of", number)
+            return self._finish(trial, outcome.reused_by_duplicate(number))
 
         history: list[dict] = []
+        key = self.metric.key("val")
 
         def report(epoch: int, metrics: dict) -> None:
             history.append(jsonable(metrics))
-            value = finite_or_none(metrics.get("val_acc"))
-            if value is None:  # a NaN accuracy is the evaluator's to call diverged
+            value = finite_or_none(metrics.get(key))
+            if value is None:  # a NaN score is the evaluator's to call diverged
                 return
             trial.report(value, step=int(epoch))
-            # Baselines are never pruned (every leaderboard compares with them), and
-            # pruning after the last epoch would save nothing.
-            if not baseline and int(epoch) < self.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {value:.4f}")
+            if policy.may_prune(baseline, epoch, self.epochs) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at {key} {value:.4f}")
 
         try:
             result = self.task.evaluate(candidate, seed=self.seed, report=report, split="val")
         except optuna.TrialPruned as e:
             partial = getattr(e, "partial_result", None)
-            if partial is not None:
-                trial.set_user_attr("wall_time", finite_or_none(getattr(partial, "wall_seconds", None)))
-            trial.set_user_attr("history", history)
-            return self._finish(trial, "pruned", str(e))
-        fields = result_fields(result)
-        trial.set_user_attr("history", fields["history"] or history)
-        trial.set_user_attr("learned_coefficients", fields["learned_coefficients"])
-        trial.set_user_attr("wall_time", fields["wall_time"])
-        if fields["status"] == "ok":
-            trial.set_user_attr("status", "ok")
-            trial.set_user_attr("reason", None)
-            return fields["score"]
-        return self._finish(trial, fields["status"], fields["reason"])
+            wall = finite_or_none(getattr(partial, "wall_seconds", None)) if partial is not None else None
+            return self._finish(trial, Outcome("pruned", reason=str(e), history=history, wall_time=wall,
+                                               device=getattr(partial, "device", None)))
+        outcome = Outcome.from_result(result)
+        outcome.history = outcome.history or history
+        return self._finish(trial, outcome)
 
-    @staticmethod
-    def _finish(trial, status: str, reason: str | None):
-        """Record a non-ok outcome and end the trial as PRUNED (never scored)."""
+    def _finish(self, trial, outcome: Outcome):
+        """Record the outcome; return the score of an ok one, end any other as PRUNED (never scored)."""
         import optuna
 
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
-        raise optuna.TrialPruned(f"{status}: {reason}")
+        for name in ("status", "reason", "history", "learned_coefficients", "learned_per_layer", "wall_time",
+                     "device"):
+            trial.set_user_attr(name, jsonable(getattr(outcome, name)))
+        if outcome.device:
+            trial.set_user_attr("precision", policy.precision_of(self.task))
+        if outcome.status == "ok":
+            return outcome.score
+        raise optuna.TrialPruned(f"{outcome.status}: {outcome.reason}")
 
 
-def _earlier_outcome(study, fingerprint: str, number: int):
-    """The earliest finished, non-duplicate trial with this fingerprint, or None."""
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if (t.number != number and t.user_attrs.get("fingerprint") == fingerprint
-                and t.user_attrs.get("duplicate_of") is None):
-            return t
-    return None
-
-
-def enqueue_baselines(study) -> list[str]:
+def enqueue_baselines(study, labels) -> list[str]:
     """Enqueue each baseline that the study does not hold yet (waiting, running or finished).
 
     Optuna's `skip_if_exists` compares params, and every baseline has params {},
@@ -210,22 +186,25 @@ def enqueue_baselines(study) -> list[str]:
     present = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)
                if t.state != TrialState.FAIL}
     added = []
-    for label in spaces.BASELINES:
+    for label in labels:
         if label not in present:
             study.enqueue_trial(params={}, user_attrs={"baseline": label})
             added.append(label)
     return added
 
 
-def open_study(config, storage=None):
-    """Create or load the study `config.study_name` (load_if_exists: a rerun continues it)."""
+def open_study(config, task, storage=None):
+    """Create or load the study `config.study_name` (load_if_exists: a rerun continues it),
+    in the direction of the task's metric."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage or open_storage(config.storage_url, config.heartbeat_interval, config.grace_period)
-    study = optuna.create_study(storage=storage, study_name=config.study_name, direction="maximize",
+    n_baselines = len(config.baselines)
+    study = optuna.create_study(storage=storage, study_name=config.study_name, direction=task.metric.direction,
                                 sampler=make_sampler(config.sampler, config.seed),
-                                pruner=make_pruner(config.pruner, config.epochs), load_if_exists=True)
+                                pruner=make_pruner(policy.pruning(config.pruner, task, config.epochs, n_baselines)),
+                                load_if_exists=True)
     n = len(study.get_trials(deepcopy=False))
     if n:
         # A resumed study gets a sampler seeded by how far it got, so its random
@@ -237,14 +216,16 @@ def open_study(config, storage=None):
 def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> list[TrialRecord]:
     """Run until the study holds `config.trials` evaluated trials; return every trial's record.
 
-    Evaluated: finished (COMPLETE or PRUNED) with a candidate of its own; duplicates,
-    which reuse an earlier result for free, do not count.
+    Evaluated (search.policy.counts): finished with a candidate of its own;
+    duplicates, which reuse an earlier result for free, do not count.
     """
     import optuna
-    from optuna.trial import TrialState
 
+    from search.baselines import resolve
+
+    baselines = resolve(config.baselines)
     storage = open_storage(config.storage_url, config.heartbeat_interval, config.grace_period)
-    study = open_study(config, storage)
+    study = open_study(config, task, storage)
     settings = {k: getattr(config, k) for k in STUDY_KEYS}
     saved = study.user_attrs.get("settings")
     if saved is not None and saved != settings:
@@ -257,7 +238,7 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a killed run's trial: FAIL + enqueued again
     _fail_orphans(study, storage, config.grace_period)
-    enqueue_baselines(study)
+    enqueue_baselines(study, baselines)
     _warn_running(study, config.grace_period)
 
     done = _evaluated(study)
@@ -270,16 +251,17 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
         print(f"resuming study {config.study_name!r}: {done} evaluated trials kept, "
               f"{remaining} to run", file=sys.stderr)
 
-    objective = Objective(space, task, config.seed, config.epochs)
-    tracker = _Tracker(study, remaining, progress)
+    objective = Objective(space, task, config.seed, config.epochs, baselines)
+    tracker = _Tracker(study, task.metric, remaining, progress)
+    rules = tracker.rules
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     try:
         # Duplicates cost nothing and do not count, so one optimize() call may fall
         # short of the budget: call again for what is missing.
-        while remaining > 0 and tracker.stop_reason is None:
+        while remaining > 0 and rules.stop_reason is None:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
-                tracker.stop_reason = f"--timeout {config.timeout:g} s reached"
+                rules.stop_reason = f"--timeout {config.timeout:g} s reached"
                 break
             study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
                            callbacks=[tracker])
@@ -290,22 +272,17 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
         raise SearchInterrupted("interrupted by Ctrl-C", records_from_study(study)) from None
     finally:
         tracker.close()
-    if tracker.errors >= MAX_CONSECUTIVE_ERRORS:
-        raise TooManyErrors(f"{tracker.errors} trials in a row failed with exceptions (last: "
-                            f"{tracker.last_error}); see trials.json, fix, and run the same command "
-                            "again to continue", records_from_study(study))
-    if tracker.stop_reason is not None:
-        print(f"search stopped early: {tracker.stop_reason}; {_evaluated(study)} of {config.trials} "
+    if rules.too_many_errors:
+        raise TooManyErrors(rules.error_message(), records_from_study(study))
+    if rules.stop_reason is not None:
+        print(f"search stopped early: {rules.stop_reason}; {_evaluated(study)} of {config.trials} "
               "trials evaluated", file=sys.stderr)
     return records_from_study(study)
 
 
 def _evaluated(study) -> int:
-    """Finished trials that evaluated a candidate of their own: what --trials counts."""
-    from optuna.trial import TrialState
-
-    return sum(t.user_attrs.get("duplicate_of") is None
-               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    """What --trials counts (search.policy.counts)."""
+    return policy.evaluated(records_from_study(study))
 
 
 def _fail_orphans(study, storage, grace_period: int) -> None:
@@ -369,69 +346,43 @@ def _warn_running(study, grace_period: int) -> None:
 
 
 class _Tracker:
-    """Optuna callback: the tqdm bar with the current best, one line per trial, error guard."""
+    """Optuna callback: the policy's progress line and stop rules, and a tqdm bar with the best so far."""
 
-    def __init__(self, study, total: int, enabled: bool):
+    def __init__(self, study, metric, total: int, enabled: bool):
+        from optuna.trial import TrialState
         from tqdm import tqdm
 
-        self.errors = 0             # trials in a row that failed with an exception
-        self.duplicates = 0         # trials in a row that proposed an evaluated candidate
-        self.last_error = None
-        self.stop_reason: str | None = None
+        self.rules = policy.StopRules()
         self.bar = tqdm(total=total, desc="search", unit="trial", disable=None if enabled else True,
                         file=sys.stderr, dynamic_ncols=True)
-        self.best = _best(study)
-        self._show_best()
+        self.best = policy.Best(metric)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self.best.offer(t.value, t.user_attrs.get("formula"))
+        self.bar.set_postfix_str(self.best.text())
 
     def __call__(self, study, trial) -> None:
         from tqdm import tqdm
 
-        status = trial.user_attrs.get("status") or trial.state.name.lower()
-        duplicate = trial.user_attrs.get("duplicate_of") is not None
-        if trial.state.name == "FAIL" and status == "error":
-            self.errors += 1
-            self.last_error = trial.user_attrs.get("reason")
-            if self.errors >= MAX_CONSECUTIVE_ERRORS:
-                self.stop_reason = f"{self.errors} trials in a row failed"
-                study.stop()
-        elif trial.state.name != "FAIL":
-            self.errors = 0
-            self.duplicates = self.duplicates + 1 if duplicate else 0
-            if self.duplicates >= MAX_DUPLICATES_IN_A_ROW:
-                self.stop_reason = (f"the sampler proposed {self.duplicates} evaluated candidates in a row "
-                                    "(the space looks exhausted)")
-                study.stop()
-        if trial.state.name == "COMPLETE":
-            v = finite_or_none(trial.value)
-            if v is not None and (self.best is None or v > self.best[0]):
-                self.best = (v, trial.user_attrs.get("formula"))
-        score = f"{trial.value:.4f}" if trial.state.name == "COMPLETE" else "-"
-        dup = f" (= trial {trial.user_attrs['duplicate_of']})" if trial.user_attrs.get("duplicate_of") is not None else ""
-        why = "" if status == "ok" else f"  [{(trial.user_attrs.get('reason') or '')[:80]}]"
-        tqdm.write(f"trial {trial.number:4d}  {status:<9} {score:>7}  "
-                   f"{trial.user_attrs.get('formula') or '?'}{dup}{why}", file=sys.stderr)
+        a = trial.user_attrs
+        status = a.get("status") or trial.state.name.lower()
+        if trial.state.name == "FAIL" and status != "error":
+            status = "interrupted"
+        duplicate = a.get("duplicate_of") is not None
+        self.rules.observe(status, duplicate, a.get("reason"))
+        if self.rules.stop_reason is not None:
+            study.stop()
+        score = trial.value if trial.state.name == "COMPLETE" else None
+        if score is not None:
+            self.best.offer(score, a.get("formula"))
+        what = a.get("baseline") or a.get("formula")
+        tqdm.write(policy.progress_line(trial.number, status, score, what, a.get("duplicate_of"), a.get("reason")),
+                   file=sys.stderr)
         if trial.state.name in ("COMPLETE", "PRUNED") and not duplicate:
             self.bar.update(1)  # the bar counts what --trials counts
-        self._show_best()
-
-    def _show_best(self):
-        if self.best is not None:
-            formula = (self.best[1] or "?")
-            self.bar.set_postfix_str(f"best {self.best[0]:.4f} {formula[:40]}")
+        self.bar.set_postfix_str(self.best.text())
 
     def close(self):
         self.bar.close()
-
-
-def _best(study) -> tuple[float, str] | None:
-    from optuna.trial import TrialState
-
-    best = None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        v = finite_or_none(t.value)
-        if v is not None and (best is None or v > best[0]):
-            best = (v, t.user_attrs.get("formula"))
-    return best
 
 
 def records_from_study(study) -> list[TrialRecord]:
@@ -475,9 +426,25 @@ def records_from_study(study) -> list[TrialRecord]:
             score=score, reason=reason, duplicate_of=a.get("duplicate_of"),
             history=list(a.get("history") or []),
             learned_coefficients=dict(a.get("learned_coefficients") or {}),
-            wall_time=finite_or_none(a.get("wall_time")), state=t.state.name))
+            learned_per_layer=dict(a.get("learned_per_layer") or {}),
+            wall_time=finite_or_none(a.get("wall_time")), state=t.state.name,
+            device=a.get("device"), precision=a.get("precision")))
     return records
 
 
+@contextlib.contextmanager
+def session(config):
+    """Nothing to connect to: the study is a file (or a database URL opened per call)."""
+    yield
+
+
+def confirm_runner(config, task, study_dir: Path):
+    """Confirmation runs in this process, one after another."""
+    from search.confirm import LocalRunner
+
+    return LocalRunner(task, study_dir)
+
+
 __all__ = ["run_optuna", "open_study", "records_from_study", "enqueue_baselines", "make_sampler",
-           "make_pruner", "Objective", "MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW"]
+           "make_pruner", "Objective", "MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW", "session",
+           "confirm_runner"]

@@ -1,11 +1,21 @@
 """PNG plots of a study (matplotlib, Agg backend: no display needed).
 
-activations.png  the top confirmed activations, with their learned coefficient
-                 values, and their derivatives, beside GELU and ReLU
-history.png      the optimisation history: each trial's validation accuracy,
-                 the running best, and the trials that never got a score
-zero_cost.png    each searched candidate's EAFO output entropy against its
-                 search score: how far the zero-cost score could be trusted here
+activations.png  the top confirmed activations and their derivatives, beside
+                 GELU and ReLU. Each curve has its own line style and markers
+                 (two rows of one formula often lie on top of each other), the
+                 legend gives each coefficient (fixed `eps=0.31`, learnable
+                 `eps 0.01->0.12`: initial value -> learned, the mean over
+                 layers and seeds), and where a curve leaves the axes it is
+                 marked by a triangle on the edge ("clipped").
+history.png      the optimisation history: each trial's validation score, the
+                 running best (in the metric's direction), and the trials that
+                 never got a score
+zero_cost.png    each searched candidate's -H (EAFO output entropy, negated:
+                 EAFO predicts higher is better) against its search score,
+                 oriented so that up is better: the two quantities whose
+                 Kendall tau the title (and the summary) prints
+Point labels are placed where they overlap no other label; one that fits
+nowhere is listed under the plot instead of printed over another.
 """
 from __future__ import annotations
 
@@ -13,22 +23,30 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluators.metrics import ACCURACY, Metric
 from search.atomic import atomic_path
 from search.records import TrialRecord
 
 TOP_N = 4                      # activations drawn besides the references
 X_RANGE = (-4.0, 4.0)          # where N(0,1) inputs live (EAFO's input model), and a bit more
+F_LIM, D_LIM = (-1.5, 4.5), (-0.6, 1.8)
 REFERENCES = ("gelu", "relu")
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+# label offsets tried in turn, in points from the point: near first, then farther
+_OFFSETS = [(dx * r, dy * r) for r in (5, 12) for dx, dy in ((1, 1), (1, -1.6), (-1, 1), (-1, -1.6),
+                                                           (0, 1.4), (0, -2), (1.4, 0), (-1.4, 0))]
 
 
-def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialRecord]) -> list[str]:
+def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialRecord],
+                metric: Metric = ACCURACY) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     study_dir = Path(study_dir)
-    plot_activations(study_dir / "activations.png", rows)
-    plot_history(study_dir / "history.png", records)
-    plot_zero_cost(study_dir / "zero_cost.png", rows)
+    plot_activations(study_dir / "activations.png", rows, metric)
+    plot_history(study_dir / "history.png", records, metric)
+    plot_zero_cost(study_dir / "zero_cost.png", rows, metric)
     return ["activations.png", "history.png", "zero_cost.png"]
 
 
@@ -41,66 +59,97 @@ def _curves(candidate_dict: dict, values: dict, xs: np.ndarray):
         return c.evaluate(xs, values=values or None), c.evaluate(xs, values=values or None, derivative=True)
 
 
-def plot_activations(path: str | Path, rows: list[dict], top_n: int = TOP_N) -> None:
+def _score_text(r: dict, metric: Metric) -> str:
+    from search.results import fmt
+
+    if r["mean"] is not None:
+        return f"{fmt(r['mean'], metric)}"
+    return f"search {fmt(r['search_score'], metric)}"
+
+
+def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURACY, top_n: int = TOP_N) -> dict:
+    """Draw the plot; return {label: {"style": (color, linestyle, marker), "clipped": [axes titles]}}."""
     import matplotlib.pyplot as plt
     import spaces
 
     xs = np.linspace(*X_RANGE, 401)
     ranked = [r for r in rows if r["mean"] is not None] or [r for r in rows if r["search_score"] is not None]
     chosen = [r for r in ranked if r["label"] not in REFERENCES][:top_n]
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 5.6))
+    drawn: dict[str, dict] = {}
+    curves = []
     for label in REFERENCES:
-        c = spaces.BASELINES[label].to_dict()
-        f, d = _curves(c, {}, xs)
-        style = dict(color="0.55" if label == "relu" else "0.2", lw=1.5, ls="--")
-        ax_f.plot(xs, f, label=label, **style)
-        ax_d.plot(xs, d, label=label, **style)
-    for r in chosen:
+        f, d = _curves(spaces.BASELINES[label].to_dict(), {}, xs)
+        curves.append((label, label, f, d, dict(color="0.55" if label == "relu" else "0.2", lw=1.4,
+                                                ls=":" if label == "relu" else "--")))
+    for i, r in enumerate(chosen):
         try:
             f, d = _curves(r["candidate"], r["learned_coefficients"], xs)
         except (ValueError, TypeError, RuntimeError) as e:  # drawn as missing, said in the legend
             ax_f.plot([], [], label=f"{r['label']}: cannot draw ({e})")
             continue
-        coefs = ", ".join(f"{k}={v:.3g}" for k, v in sorted(r["learned_coefficients"].items()))
-        acc = f"{100 * r['mean']:.2f}%" if r["mean"] is not None else f"search {100 * r['search_score']:.2f}%"
+        coefs = f" [{r['coefficients']}]" if r.get("coefficients") else ""
         formula = r["formula"] if len(r["formula"]) <= 45 else r["formula"][:42] + "..."
-        text = f"#{r['rank']} {r['label']} ({acc}): {formula}" + (f" [{coefs}]" if coefs else "")
-        ax_f.plot(xs, f, lw=2, label=text)
-        ax_d.plot(xs, d, lw=2, label=f"#{r['rank']} {r['label']}")
-    for ax, title in ((ax_f, "f(x)"), (ax_d, "f'(x)")):
+        text = f"#{r['rank']} {r['label']} ({_score_text(r, metric)}): {formula}{coefs}"
+        # own line style and marker, markers offset along x: coinciding curves stay visible
+        style = dict(color=f"C{i}", lw=1.8, ls=LINE_STYLES[i % len(LINE_STYLES)],
+                     marker=MARKERS[i % len(MARKERS)], markersize=5, markevery=(5 + 9 * i, 40))
+        curves.append((r["label"], text, f, d, style))
+    for label, text, f, d, style in curves:
+        drawn[label] = {"style": (style["color"], style["ls"], style.get("marker")), "clipped": []}
+        for ax, ys, lim, name in ((ax_f, f, F_LIM, "f(x)"), (ax_d, d, D_LIM, "f'(x)")):
+            ax.plot(xs, ys, label=text if ax is ax_f else label, **style)
+            if _mark_clipped(ax, xs, np.asarray(ys, dtype=float), lim, style["color"]):
+                drawn[label]["clipped"].append(name)
+    for ax, title, lim in ((ax_f, "f(x)", F_LIM), (ax_d, "f'(x)", D_LIM)):
         ax.set_title(title)
         ax.set_xlabel("x")
+        ax.set_ylim(*lim)
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
         ax.axvline(0, color="0.85", lw=0.8, zorder=0)
         ax.grid(alpha=0.3)
-    ax_f.set_ylim(-1.5, 4.5)
-    ax_d.set_ylim(-0.6, 1.8)
-    ax_f.legend(fontsize=7, loc="upper left")
-    ax_d.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Top activations (learned coefficients) beside GELU and ReLU")
+    if any(v["clipped"] for v in drawn.values()):
+        ax_d.plot([], [], ls="none", marker="^", color="0.3", label="clipped: the curve leaves the axes")
+    # legends under the axes: they never cover a curve
+    ax_f.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False)
+    ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, ncol=2)
+    fig.suptitle(f"Top activations beside GELU and ReLU ({metric.key('test')} in brackets); "
+                 "learnable coefficients: initial -> learned, mean over layers and seeds", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+    return drawn
 
 
-def plot_history(path: str | Path, records: list[TrialRecord]) -> None:
+def _mark_clipped(ax, xs: np.ndarray, ys: np.ndarray, lim: tuple[float, float], color) -> bool:
+    """Triangles on the edge where the curve leaves the axes (one per stretch outside)."""
+    low, high = lim
+    found = False
+    for outside, edge, marker in ((ys > high, high, "^"), (ys < low, low, "v")):
+        starts = np.flatnonzero(outside & ~np.concatenate([[False], outside[:-1]]))
+        if starts.size:
+            found = True
+            ax.plot(xs[starts], np.full(starts.size, edge), ls="none", marker=marker, color=color,
+                    markersize=8, clip_on=False, zorder=5)
+    return found
+
+
+def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = ACCURACY) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ok = [r for r in records if r.is_ok]
     searched = [r for r in ok if not r.baseline]
     base = [r for r in ok if r.baseline]
+    y = lambda rs: [metric.scale * r.score for r in rs]  # noqa: E731 - printed units (accuracy in %)
     if searched:
-        ax.scatter([r.number for r in searched], [r.score for r in searched], s=22, label="trial (val acc)")
+        ax.scatter([r.number for r in searched], y(searched), s=22, label="trial")
     if base:
-        ax.scatter([r.number for r in base], [r.score for r in base], marker="s", s=36, color="k",
-                   label="baseline")
-        for r in base:
-            ax.annotate(r.baseline, (r.number, r.score), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.scatter([r.number for r in base], y(base), marker="s", s=36, color="k", label="baseline")
     if ok:
         order = sorted(ok, key=lambda r: r.number)
-        best = np.maximum.accumulate([r.score for r in order])
-        ax.step([r.number for r in order], best, where="post", color="C3", label="best so far")
-        floor = min(r.score for r in ok)
+        acc = np.maximum.accumulate if metric.direction == "maximize" else np.minimum.accumulate
+        ax.step([r.number for r in order], acc(y(order)), where="post", color="C3", label="best so far")
+        floor = min(y(ok)) if metric.direction == "maximize" else max(y(ok))
     else:
         floor = 0.0
     failed = [r for r in records if not r.is_ok and r.status != "running"]
@@ -114,36 +163,71 @@ def plot_history(path: str | Path, records: list[TrialRecord]) -> None:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"validation {metric.title}")
     ax.set_title(f"Optimisation history ({len(ok)} scored of {len(records)} trials)")
     ax.grid(alpha=0.3)
     if ok or failed:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    if base:
+        place_labels(ax, [r.number for r in base], y(base), [r.baseline for r in base])
     _save(fig, path)
 
 
-def plot_zero_cost(path: str | Path, rows: list[dict]) -> None:
+def plot_zero_cost(path: str | Path, rows: list[dict], metric: Metric = ACCURACY) -> dict | None:
+    """Plot what the printed tau is computed on; return that agreement (for tests)."""
     import matplotlib.pyplot as plt
 
     from search.results import zero_cost_agreement
 
-    pts = [r for r in rows if r.get("output_entropy") is not None and r.get("search_score") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    if pts:
-        ax.scatter([r["output_entropy"] for r in pts], [r["search_score"] for r in pts], s=26)
-        for r in pts:
-            ax.annotate(r["label"], (r["output_entropy"], r["search_score"]), textcoords="offset points",
-                        xytext=(4, 3), fontsize=7)
     agreement = zero_cost_agreement(rows)
-    tau = (f"Kendall tau of -entropy vs score: {agreement['tau']:+.2f} (n = {agreement['n']})"
-           if agreement else "too few candidates for a rank correlation")
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ys = [metric.scale * v for v in agreement["y"]] if agreement else []  # printed units; tau is unchanged
+    if agreement:
+        ax.scatter(agreement["x"], ys, s=26)
+        tau = f"Kendall tau of these two: {agreement['tau']:+.2f} (p = {agreement['p']:.2g}, n = {agreement['n']})"
+    else:
+        tau = "too few candidates for a rank correlation"
     ax.set_title(f"Zero-cost EAFO score against training\n{tau}", fontsize=10)
-    ax.set_xlabel("output entropy H[f(x)], x ~ N(0, 1) (nats; EAFO: lower is better)")
-    ax.set_ylabel("search validation accuracy")
+    ax.set_xlabel("-H[f(x)], x ~ N(0, 1), nats (EAFO predicts: higher is better)")
+    flip = "-" if metric.direction == "minimize" else ""
+    ax.set_ylabel(f"{flip}search {metric.title} (up is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    if agreement:
+        place_labels(ax, agreement["x"], ys, agreement["labels"])
     _save(fig, path)
+    return agreement
+
+
+def place_labels(ax, xs, ys, labels, fontsize: int = 7) -> list:
+    """Annotate each point where its text overlaps no other label; list the ones that fit nowhere
+    under the axes. Returns the annotations placed."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed, boxes, unplaced = [], [], []
+    for x, y, text in zip(xs, ys, labels):
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top")
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in boxes) and _inside(box, ax, renderer):
+                placed.append(ann)
+                boxes.append(box)
+                break
+            ann.remove()
+        else:
+            unplaced.append(text)
+    if unplaced:  # under everything, in room made for it: printed over nothing
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.06)
+        fig.text(0.01, 0.01, "not labelled (no room): " + ", ".join(unplaced), fontsize=fontsize, va="bottom",
+                 wrap=True)
+    return placed
+
+
+def _inside(box, ax, renderer) -> bool:
+    frame = ax.get_window_extent(renderer)
+    return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
 
 
 def _save(fig, path: str | Path) -> None:
@@ -156,4 +240,4 @@ def _save(fig, path: str | Path) -> None:
         plt.close(fig)
 
 
-__all__ = ["write_plots", "plot_activations", "plot_history", "plot_zero_cost"]
+__all__ = ["write_plots", "plot_activations", "plot_history", "plot_zero_cost", "place_labels"]

@@ -4,25 +4,21 @@ Both backends (Optuna, Ray Tune) turn their trials into `TrialRecord`s, and
 `search.results.write_results` makes every file from those records alone, so
 the files on disk do not depend on which backend ran.
 
-A backend is one function, found by name in `search.run.BACKENDS`::
+A backend is a module, found by name in `search.run.BACKENDS`, with three functions::
 
     def run_<backend>(config: SearchConfig, space: spaces.Space, task: evaluators.ProxyTask,
                       study_dir: pathlib.Path) -> list[TrialRecord]
+    def session(config) -> context manager   # around the search and the confirmation (Ray: connected)
+    def confirm_runner(config, task, study_dir) -> a runner for search.confirm.confirm
 
-It must
-- run the baselines first (`spaces.BASELINES`, label = their key, params None),
-  once per study, then trials from `space.suggest(trial)` / `space.build(params)`;
-- train with `task.evaluate(candidate, seed=config.seed, report=..., split="val")`,
-  turning `report(epoch, metrics)` into its own reporting/pruning;
-- use `result_fields(result)` for a record's outcome (a non-finite score becomes
-  "diverged": never a number), reuse the outcome of an already evaluated
-  fingerprint (`duplicate_of`), and never stop the study for a rejected or
-  diverged candidate;
-- stop once the study holds `config.trials` finished trials (a rerun continues);
+The search follows `search.policy` (baselines first, candidates, deduplication,
+what counts toward --trials, when to stop, pruning, progress, these records);
+a backend keeps only the glue to its library. It must
 - on Ctrl-C, raise `search.exceptions.SearchInterrupted(message, records)` with
   the records that finished, so the CLI can save a partial leaderboard;
 - return one record per trial (any status), in trial-number order.
-`search.run` then confirms the best candidates and calls `write_results`.
+`search.run` then confirms the best candidates with the backend's runner and
+calls `write_results`.
 """
 from __future__ import annotations
 
@@ -73,8 +69,8 @@ class TrialRecord(DictRecord):
 
     number: int                      # the trial's number in its study (0-based, the backend's)
     status: str                      # one of STATUSES
-    label: str                       # "gelu", "relu", "silu", "crrelu" for baselines, else "trial_<number>"
-    baseline: str | None = None      # the baseline's name (a key of spaces.BASELINES), or None
+    label: str                       # a baseline's name (gelu, relu, ...), else "trial_<number>"
+    baseline: str | None = None      # the baseline's name (one of --baselines), or None
     params: dict | None = None       # the space's params (None for baselines: built directly)
     candidate: dict | None = None    # Candidate.to_dict(); None when params could not be built
     formula: str | None = None       # the candidate's canonical formula
@@ -84,9 +80,13 @@ class TrialRecord(DictRecord):
     duplicate_of: int | None = None  # number of the trial whose result this one reuses
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch, as reported
     learned_coefficients: dict[str, float] = field(default_factory=dict)  # name -> value after
-                                     # training (mean over the model's activation modules)
+                                     # training, the MEAN over the model's activation modules (layers)
+    learned_per_layer: dict[str, list[float]] = field(default_factory=dict)  # name -> the value in each
+                                     # activation module, in model order (the mean's inputs)
     wall_time: float | None = None   # seconds the trial took (training and evaluation)
     state: str | None = None         # the backend's own trial state (Optuna: COMPLETE, PRUNED, ...)
+    device: str | None = None        # where it trained, resolved ("cpu", "cuda:0"), never "auto"
+    precision: str | None = None     # "fp32" or "bf16" (autocast), resolved, never "auto"
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -115,9 +115,15 @@ class ConfirmRecord(DictRecord):
     status: str                     # ok | rejected | diverged | error
     score: float | None = None      # test accuracy (0..1) when status is "ok"
     reason: str | None = None
-    learned_coefficients: dict[str, float] = field(default_factory=dict)
+    learned_coefficients: dict[str, float] = field(default_factory=dict)  # name -> MEAN over layers
+    learned_per_layer: dict[str, list[float]] = field(default_factory=dict)  # name -> value per layer
     wall_time: float | None = None  # seconds
     metrics: dict = field(default_factory=dict)  # the evaluator's final metrics (losses, speed)
+    device: str | None = None       # where it trained, resolved ("cpu", "cuda:0"), never "auto"
+    precision: str | None = None    # "fp32" or "bf16", resolved
+    pid: int | None = None          # the process that trained it (a Ray worker's, or the CLI's)
+    node: str | None = None         # the machine that trained it (its host name)
+    resumed_from_epoch: int | None = None  # the epoch a checkpoint resumed it from (a killed worker)
 
     def __post_init__(self):
         if self.score is not None:
@@ -180,7 +186,15 @@ def result_fields(result) -> dict:
     return {"status": status, "score": score, "reason": reason,
             "history": [jsonable(h) for h in (getattr(result, "history", None) or [])],
             "learned_coefficients": mean_coefficients(learned),
-            "wall_time": finite_or_none(wall)}
+            "learned_per_layer": per_layer(learned),
+            "wall_time": finite_or_none(wall),
+            "device": getattr(result, "device", None)}
+
+
+def per_layer(learned: Any) -> dict[str, list[float]]:
+    """{name: [value per activation module]} (non-finite values as None, JSON-safe)."""
+    return {str(k): [finite_or_none(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+            for k, v in dict(learned or {}).items()}
 
 
 def jsonable(obj):
@@ -202,5 +216,5 @@ def trial_label(number: int, baseline: str | None) -> str:
     return baseline if baseline else f"trial_{number}"
 
 
-__all__ = ["DictRecord", "TrialRecord", "ConfirmRecord", "STATUSES", "finite_or_none", "mean_coefficients",
+__all__ = ["DictRecord", "TrialRecord", "ConfirmRecord", "STATUSES", "finite_or_none", "mean_coefficients", "per_layer",
            "result_fields", "trial_label", "jsonable"]

@@ -13,21 +13,29 @@ records (search.records.ConfirmRecord) and writes, in the study folder,
     history.png        the optimisation history
     zero_cost.png      EAFO output entropy against search score, per candidate
 
-Ranking is on confirmed results: mean test accuracy over the confirmation
+The score is the task's metric (`task.metric`, evaluators.metrics): accuracy
+(higher is better) for the image tasks, bits per character (lower is better)
+for a language model. Nothing here assumes a direction: ranks, differences
+and the decision go through the metric.
+
+Ranking is on confirmed results: the mean test score over the confirmation
 seeds. Candidates that were searched but not confirmed follow, ranked by their
 (single-seed) search score, marked `confirmed: false`.
 
+Every candidate is compared with GELU on the seeds both have: its mean paired
+improvement (positive: better, whatever the metric's direction) and the winner
+decision of `search.stats` (one-sided paired t-test, Holm-corrected over every
+confirmed candidate, familywise error <= 5 %), with the same test's interval.
+
+Coefficients: each row shows its candidate's coefficients, fixed ones as
+`eps=0.31`, learnable ones as `eps 0.01->0.12` (initial value -> the value
+training learned, as a MEAN over every activation layer of the model and
+every confirmation seed). `learned_coefficients_per_seed` holds the values
+behind that mean: per seed, per layer.
+
 Every row also carries the candidate's zero-cost EAFO scores (output entropy,
 distance from the WAFBC; milliseconds, no data), and the summary says how well
-the entropy ranked this study's candidates against their search scores, so a
-user sees on their own task how far the cheap score can be trusted
-(bench/proxy_fidelity.py measures it against longer training).
-
-Every candidate is compared with GELU on the same seeds: the mean paired
-difference with a 95 % percentile-bootstrap interval (search.stats). A
-candidate "beats GELU" only when the interval lies above 0 and rests on at
-least MIN_PAIRS_FOR_CLAIM paired seeds (with two seeds the interval is just
-the two differences, and agreeing twice is no evidence).
+the entropy ranked this study's candidates against their search scores.
 """
 from __future__ import annotations
 
@@ -42,20 +50,19 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from evaluators.metrics import ACCURACY, Metric
 from search.atomic import write_json, write_text
+from search.baselines import REFERENCE
 from search.records import ConfirmRecord, TrialRecord, finite_or_none, jsonable
-from search.stats import mean_std, paired_bootstrap_ci
+from search.stats import ALPHA, compare, mean_std
 
-CONFIDENCE = 0.95
-N_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-MIN_PAIRS_FOR_CLAIM = 3
-REFERENCE = "gelu"
-CSV_COLUMNS = ["rank", "label", "formula", "fingerprint", "confirmed", "n_seeds", "mean", "std",
-               "seeds", "per_seed", "mean_diff_vs_gelu", "ci_low", "ci_high", "n_pairs", "beats_gelu",
-               "search_score", "search_trial", "output_entropy", "wafbc_distance",
-               "learned_coefficients", "failures"]
+CSV_COLUMNS = ["rank", "label", "formula", "coefficients", "fingerprint", "confirmed", "metric", "n_seeds",
+               "mean", "std", "seeds", "per_seed", "stopped_after", "mean_diff_vs_gelu", "ci_low", "ci_high",
+               "ci_level", "p_value", "p_holm", "n_pairs", "beats_gelu", "search_score", "search_trial",
+               "output_entropy", "wafbc_distance", "learned_coefficients", "failures"]
 MIN_ROWS_FOR_TAU = 4  # below this a rank correlation says nothing
+POWER_EFFECT = 1.5    # the effect (in sd of the paired differences) whose simulated power the verdict quotes
+SIM_STUDIES = 4_000   # simulated studies behind the numbers the verdict quotes (0.3 pp standard error at 5 %)
 
 
 @dataclass
@@ -70,53 +77,103 @@ class Summary:
 # The leaderboard
 # ---------------------------------------------------------------------------
 
-def build_leaderboard(records: list[TrialRecord], confirmations: list[ConfirmRecord]) -> list[dict]:
-    """Rows in rank order (see the module docstring)."""
-    from spaces import BASELINES
+def build_leaderboard(records: list[TrialRecord], confirmations: list[ConfirmRecord],
+                      metric: Metric = ACCURACY, stopped: dict[str, int] | None = None) -> list[dict]:
+    """Rows in rank order (see the module docstring).
 
-    baseline_labels = set(BASELINES)
-    search = _search_scores(records)
+    stopped: label -> seeds a racing confirmation stopped it at (search.racing).
+    """
+    search = _search_scores(records, metric)
     by_fp: dict[str, list[ConfirmRecord]] = {}
     for c in confirmations:
         by_fp.setdefault(c.fingerprint, []).append(c)
+    stopped = stopped or {}
 
     rows = []
     for fp, recs in by_fp.items():
         recs = sorted(recs, key=lambda r: r.seed)
         ok = [r for r in recs if r.status == "ok"]
         mean, std = mean_std(r.score for r in ok)
-        label = next((r.label for r in recs if r.label in baseline_labels), recs[0].label)
+        label = next((r.label for r in recs if not _is_trial_label(r.label)), recs[0].label)
         s = search.get(fp, {})
+        learned = _mean_dicts([r.learned_coefficients for r in ok])
         rows.append({
             "label": label, "candidate": recs[0].candidate, "formula": recs[0].candidate.get("formula"),
-            "fingerprint": fp, "confirmed": True, "metric": "test_acc", "n_seeds": len(ok),
-            "mean": mean, "std": std, "seeds": [r.seed for r in ok], "per_seed": [r.score for r in ok],
+            "coefficients": coefficient_text(recs[0].candidate, learned),
+            "fingerprint": fp, "confirmed": True, "metric": metric.key("test"), "direction": metric.direction,
+            "n_seeds": len(ok), "mean": mean, "std": std, "seeds": [r.seed for r in ok],
+            "per_seed": [r.score for r in ok], "stopped_after": stopped.get(label),
             "search_score": s.get("score"), "search_trial": s.get("number"), "params": s.get("params"),
-            "learned_coefficients": _mean_dicts([r.learned_coefficients for r in ok]),
+            "learned_coefficients": learned,
+            "learned_coefficients_per_seed": {str(r.seed): r.learned_per_layer for r in ok if r.learned_per_layer},
             "failures": [f"seed {r.seed}: {r.status}: {r.reason}" for r in recs if r.status != "ok"],
         })
-    reference = next((r for r in rows if r["label"] == REFERENCE), None)
-    for row in rows:
-        row.update(_vs_reference(row, reference))
+    _decide(rows, metric)
 
-    confirmed = sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0.0),
-                                            -(r["search_score"] or 0.0), r["label"]))
+    sign = metric.sign
+    confirmed = sorted(rows, key=lambda r: (r["mean"] is None, -sign * (r["mean"] or 0.0),
+                                            -sign * (r["search_score"] or 0.0), r["label"]))
     unconfirmed = []
-    for fp, s in sorted(search.items(), key=lambda kv: (-kv[1]["score"], kv[1]["number"])):
+    for fp, s in sorted(search.items(), key=lambda kv: (-sign * kv[1]["score"], kv[1]["number"])):
         if fp in by_fp:
             continue
         unconfirmed.append({
-            "label": s["label"], "candidate": s["candidate"], "formula": s["formula"], "fingerprint": fp,
-            "confirmed": False, "metric": "test_acc", "n_seeds": 0, "mean": None, "std": None, "seeds": [], "per_seed": [],
+            "label": s["label"], "candidate": s["candidate"], "formula": s["formula"],
+            "coefficients": coefficient_text(s["candidate"], s["learned_coefficients"]), "fingerprint": fp,
+            "confirmed": False, "metric": metric.key("test"), "direction": metric.direction, "n_seeds": 0,
+            "mean": None, "std": None, "seeds": [], "per_seed": [], "stopped_after": None,
             "search_score": s["score"], "search_trial": s["number"], "params": s["params"],
-            "learned_coefficients": s["learned_coefficients"], "failures": [],
-            "mean_diff_vs_gelu": None, "ci_low": None, "ci_high": None, "n_pairs": 0, "beats_gelu": False,
+            "learned_coefficients": s["learned_coefficients"], "learned_coefficients_per_seed": {},
+            "failures": [], **_NO_COMPARISON,
         })
     ranked = confirmed + unconfirmed
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
         row.update(_zero_cost(row["candidate"]))
     return [{"rank": r.pop("rank"), **r} for r in ranked]
+
+
+_NO_COMPARISON = {"mean_diff_vs_gelu": None, "ci_low": None, "ci_high": None, "ci_level": None,
+                  "p_value": None, "p_holm": None, "n_pairs": 0, "beats_gelu": False}
+
+
+def _decide(rows: list[dict], metric: Metric) -> None:
+    """Each row's paired improvement over GELU and the winner decision over all of them (search.stats)."""
+    reference = next((r for r in rows if r["label"] == REFERENCE), None)
+    for row in rows:
+        row.update(_NO_COMPARISON)
+    if reference is None:
+        return
+    ref = dict(zip(reference["seeds"], reference["per_seed"]))
+    diffs = {row["label"]: [metric.improvement(score, ref[seed])
+                            for seed, score in zip(row["seeds"], row["per_seed"]) if seed in ref]
+             for row in rows if row is not reference}
+    reference["mean_diff_vs_gelu"], reference["n_pairs"] = 0.0, len(ref)
+    decided = compare(diffs)
+    for row in rows:
+        c = decided.get(row["label"]) if row is not reference else None
+        if c is not None:
+            row.update({"mean_diff_vs_gelu": c.mean, "ci_low": c.low, "ci_high": c.high, "ci_level": c.level,
+                        "p_value": c.p, "p_holm": c.p_holm, "n_pairs": c.n, "beats_gelu": c.claimed})
+
+
+def _is_trial_label(label: str) -> bool:
+    return label.startswith("trial_") and label[6:].isdigit()
+
+
+def coefficient_text(candidate: dict | None, learned: dict | None) -> str:
+    """'eps=0.31' for a fixed coefficient, 'eps 0.01->0.124' for a learnable one (init -> learned mean)."""
+    if not candidate:
+        return ""
+    learned = learned or {}
+    parts = []
+    for name, init in sorted((candidate.get("init") or {}).items()):
+        if name in (candidate.get("learnable") or []):
+            end = f"{learned[name]:.3g}" if learned.get(name) is not None else "?"
+            parts.append(f"{name} {init:.3g}->{end}")
+        else:
+            parts.append(f"{name}={init:.3g}")
+    return ", ".join(parts)
 
 
 def _zero_cost(candidate: dict | None) -> dict:
@@ -141,21 +198,24 @@ def _entropy_score(candidate_json: str) -> dict:
 
 def zero_cost_agreement(rows: list[dict]) -> dict | None:
     """Kendall tau between -output entropy (EAFO: lower entropy predicted better) and the
-    search score, over the rows that have both; None with fewer than MIN_ROWS_FOR_TAU."""
+    search score oriented so that higher is better, over the rows that have both; None with
+    fewer than MIN_ROWS_FOR_TAU. `x` and `y` are those two quantities, as zero_cost.png plots them."""
     from scipy.stats import kendalltau
 
-    pairs = [(-r["output_entropy"], r["search_score"]) for r in rows
-             if r.get("output_entropy") is not None and r.get("search_score") is not None]
-    if len(pairs) < MIN_ROWS_FOR_TAU:
+    pts = [r for r in rows if r.get("output_entropy") is not None and r.get("search_score") is not None]
+    if len(pts) < MIN_ROWS_FOR_TAU:
         return None
-    res = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
+    sign = -1.0 if pts[0].get("direction") == "minimize" else 1.0
+    x = [-r["output_entropy"] for r in pts]
+    y = [sign * r["search_score"] for r in pts]
+    res = kendalltau(x, y)
     tau, p = float(res.statistic), float(res.pvalue)
     if tau != tau:  # NaN: all scores tied
         return None
-    return {"tau": tau, "p": p, "n": len(pairs)}
+    return {"tau": tau, "p": p, "n": len(pts), "x": x, "y": y, "labels": [r["label"] for r in pts]}
 
 
-def _search_scores(records: list[TrialRecord]) -> dict[str, dict]:
+def _search_scores(records: list[TrialRecord], metric: Metric) -> dict[str, dict]:
     """fingerprint -> the search's first ok (non-duplicate) trial of it; baselines keep their name."""
     out: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: r.number):
@@ -173,20 +233,6 @@ def _search_scores(records: list[TrialRecord]) -> dict[str, dict]:
     return out
 
 
-def _vs_reference(row: dict, reference: dict | None) -> dict:
-    """Paired difference to GELU on the seeds both have, with its bootstrap CI."""
-    none = {"mean_diff_vs_gelu": None, "ci_low": None, "ci_high": None, "n_pairs": 0, "beats_gelu": False}
-    if reference is None or not row["seeds"]:
-        return none
-    ref = dict(zip(reference["seeds"], reference["per_seed"]))
-    diffs = [score - ref[seed] for seed, score in zip(row["seeds"], row["per_seed"]) if seed in ref]
-    ci = paired_bootstrap_ci(diffs, confidence=CONFIDENCE, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED)
-    if ci is None:
-        return none
-    return {"mean_diff_vs_gelu": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n_pairs": ci.n,
-            "beats_gelu": bool(ci.low > 0 and ci.n >= MIN_PAIRS_FOR_CLAIM)}
-
-
 def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for d in dicts:
@@ -199,18 +245,21 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
 # The table and the verdict
 # ---------------------------------------------------------------------------
 
-def _pct(v: float | None, signed: bool = False) -> str:
+def fmt(v: float | None, metric: Metric, signed: bool = False) -> str:
+    """A stored value in printed units (accuracy in %, 2 decimals; bits per character, 3)."""
     if v is None:
         return "-"
-    return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+    digits = 2 if metric.scale >= 100 else 3
+    return f"{metric.scale * v:+.{digits}f}" if signed else f"{metric.scale * v:.{digits}f}"
 
 
-def format_table(rows: list[dict], max_formula: int = 48, max_unconfirmed: int = 5) -> str:
-    """Rank, label, formula, test acc mean +- std (n seeds), delta vs GELU [CI], search val acc.
-
-    Every confirmed row, then at most `max_unconfirmed` searched-only rows.
-    """
-    head = ["#", "label", "formula", "test acc % (seeds)", "vs GELU, pp [95% CI]", "search val %"]
+def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int = 44,
+                 max_unconfirmed: int = 5) -> str:
+    """Rank, label, formula, coefficients, test score mean +- std (n seeds), improvement over
+    GELU [Holm interval], search score. Every confirmed row, then at most `max_unconfirmed`
+    searched-only rows."""
+    head = ["#", "label", "formula", "coefficients", f"test {metric.title} (seeds)",
+            f"vs GELU, {metric.unit} [Holm CI]", f"search {metric.title}"]
     lines = []
     shown_unconfirmed = 0
     for r in rows:
@@ -221,55 +270,82 @@ def format_table(rows: list[dict], max_formula: int = 48, max_unconfirmed: int =
         formula = r["formula"] or "?"
         if len(formula) > max_formula:
             formula = formula[:max_formula - 3] + "..."
-        acc = ("not confirmed" if not r["confirmed"] else "-") if r["mean"] is None else \
-            f"{_pct(r['mean'])} ± {_pct(r['std']) if r['std'] is not None else '-'} ({r['n_seeds']})"
+        seeds = f"{r['n_seeds']}" + (", stopped" if r.get("stopped_after") else "")
+        score = ("not confirmed" if not r["confirmed"] else "-") if r["mean"] is None else \
+            f"{fmt(r['mean'], metric)} ± {fmt(r['std'], metric)} ({seeds})"
         if r["label"] == REFERENCE:
             diff = "reference"
         elif r["mean_diff_vs_gelu"] is None:
             diff = "-"
         else:
-            diff = (f"{_pct(r['mean_diff_vs_gelu'], True)} [{_pct(r['ci_low'], True)}, "
-                    f"{_pct(r['ci_high'], True)}]" + (" *" if r["beats_gelu"] else ""))
-        lines.append([str(r["rank"]), r["label"], formula, acc, diff, _pct(r["search_score"])])
+            diff = fmt(r["mean_diff_vs_gelu"], metric, True) + (
+                f" [{fmt(r['ci_low'], metric, True)}, {fmt(r['ci_high'], metric, True)}]"
+                if r["ci_low"] is not None else " [n/a]") + (" *" if r["beats_gelu"] else "")
+        lines.append([str(r["rank"]), r["label"], formula, r.get("coefficients") or "-", score, diff,
+                      fmt(r["search_score"], metric)])
     if not lines:
         return "(no scored candidates yet)"
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
+    row_fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [row_fmt.format(*head), row_fmt.format(*("-" * w for w in widths))]
+    out += [row_fmt.format(*line) for line in lines]
     n_more = sum(not r["confirmed"] for r in rows) - shown_unconfirmed
     if n_more:
         out.append(f"(+ {n_more} more searched, unconfirmed candidate(s) in leaderboard.csv)")
     return "\n".join(out)
 
 
-def verdict(rows: list[dict], complete: bool) -> str:
+@lru_cache(maxsize=64)
+def simulated_error_and_power(n_candidates: int, n_seeds: int) -> tuple[float, float]:
+    """(familywise false-claim rate with no real winner, power for a POWER_EFFECT sd improvement)
+    of the decision for this many candidates and seeds, simulated (search.racing.simulate)."""
+    from search.racing import simulate
+
+    null = simulate(n_candidates, n_seeds, n_studies=SIM_STUDIES, seed=1)
+    real = simulate(n_candidates, n_seeds, effects=(POWER_EFFECT,), n_studies=SIM_STUDIES, seed=2)
+    return null["fwer"], real["power"][0]
+
+
+def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY) -> str:
     confirmed = [r for r in rows if r["confirmed"] and r["mean"] is not None]
     if not confirmed:
         return "No confirmed result yet" + (": this ranking is partial, on single-seed search scores."
                                             if not complete else ".")
     lines = []
     best = confirmed[0]
-    n = best["n_seeds"]
-    lines.append(f"Best confirmed: {best['label']} = {best['formula']}: test accuracy "
-                 f"{_pct(best['mean'])} ± {_pct(best['std']) if best['std'] is not None else '-'} % "
-                 f"over {n} seed(s).")
+    lines.append(f"Best confirmed: {best['label']} = {best['formula']}"
+                 + (f" [{best['coefficients']}]" if best.get("coefficients") else "")
+                 + f": test {metric.title} {fmt(best['mean'], metric)} ± {fmt(best['std'], metric)} "
+                 f"over {best['n_seeds']} seed(s).")
     gelu = next((r for r in confirmed if r["label"] == REFERENCE), None)
-    winners = [r for r in confirmed if r["beats_gelu"] and r["label"] != REFERENCE]
+    compared = [r for r in rows if r["confirmed"] and r["label"] != REFERENCE]
+    winners = [r for r in compared if r["beats_gelu"]]
     if gelu is None:
         lines.append("GELU has no confirmed result, so nothing is compared with it.")
-    elif not winners:
-        lines.append("No candidate beats GELU beyond noise: every 95% CI of the paired difference "
-                     "includes 0 (or rests on too few seeds).")
     else:
+        m = len(compared)
+        n = max((r["n_pairs"] for r in compared), default=0)
+        if not winners:
+            lines.append(f"No candidate beats GELU: none of the {m} one-sided paired t-tests against GELU "
+                         f"rejects \"no better\" once Holm-corrected ({ALPHA:.0%} familywise).")
         for r in winners:
-            lines.append(f"{r['label']} beats GELU by {_pct(r['mean_diff_vs_gelu'], True)} pp "
-                         f"(95% CI [{_pct(r['ci_low'], True)}, {_pct(r['ci_high'], True)}], "
-                         f"{r['n_pairs']} paired seeds).")
-    n_pairs = max((r["n_pairs"] for r in confirmed), default=0)
-    if 0 < n_pairs <= 5:
-        lines.append(f"With {n_pairs} seeds the bootstrap interval is wide (it is close to the range of the "
-                     f"per-seed differences); use --confirm-seeds 10 or more for a useful one.")
+            lines.append(f"{r['label']} beats GELU by {fmt(r['mean_diff_vs_gelu'], metric, True)} {metric.unit} "
+                         f"(Holm CI [{fmt(r['ci_low'], metric, True)}, {fmt(r['ci_high'], metric, True)}], "
+                         f"p = {r['p_holm']:.2g} Holm-adjusted, {r['n_pairs']} paired seeds).")
+        if m and n >= 2:
+            fwer, power = simulated_error_and_power(m, n)
+            lines.append(f"What this decision means: with {m} candidates on {n} seeds, a study with no real "
+                         f"winner names one {fwer:.1%} of the time, and a candidate {POWER_EFFECT:g} sd better "
+                         f"than GELU (sd: the seed-to-seed spread of the paired difference) is found "
+                         f"{power:.0%} of the time (simulated). CI: the same test's interval at its Holm level; "
+                         "a claim is a lower end above 0.")
+            if n < 10:
+                lines.append(f"With {n} seeds real improvements are mostly missed: use --confirm-seeds 10.")
+    stopped = [r for r in confirmed if r.get("stopped_after")]
+    if stopped:
+        lines.append("Racing stopped " + ", ".join(f"{r['label']} after {r['stopped_after']} seeds"
+                                                   for r in stopped)
+                     + " (behind GELU: they cannot be claimed, so they got no more seeds).")
     if not complete:
         lines.append("Confirmation is incomplete (interrupted): this ranking is partial.")
     agreement = zero_cost_agreement(rows)
@@ -285,19 +361,23 @@ def verdict(rows: list[dict], complete: bool) -> str:
 # ---------------------------------------------------------------------------
 
 def write_results(study_dir: str | Path, records: list[TrialRecord], confirmations: list[ConfirmRecord],
-                  config, *, task=None, complete: bool = True, plots: bool = True) -> Summary:
+                  config, *, task=None, complete: bool = True, plots: bool = True,
+                  stopped: dict[str, int] | None = None, metric: Metric | None = None) -> Summary:
     """Write every result file (atomically) into `study_dir`; return the summary.
 
     records: all trial records of the study (any backend), in trial order.
     confirmations: the confirmation records for the current seeds.
     config: the SearchConfig the run used (for best.json's provenance).
-    task: the evaluator task (its to_dict() goes into best.json), or None.
+    task: the evaluator task (its to_dict() goes into best.json; its metric scores the rows), or None.
     complete: False while confirmation is unfinished (interrupted): best.json is
       then not written (an earlier one stays), and the verdict says the ranking is partial.
+    stopped: label -> seeds at which racing stopped it (search.racing).
+    metric: the score's metric (default: the task's, else accuracy).
     """
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    rows = build_leaderboard(records, confirmations)
+    metric = metric or getattr(task, "metric", None) or ACCURACY
+    rows = build_leaderboard(records, confirmations, metric, stopped)
     files = []
 
     write_json(study_dir / "trials.json", [r.to_dict() for r in records])
@@ -308,17 +388,17 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     best = None
     confirmed = [r for r in rows if r["confirmed"] and r["mean"] is not None]
     if complete and confirmed:
-        best = _best_json(confirmed[0], records, config, task)
+        best = _best_json(confirmed[0], rows, records, confirmations, config, task, metric)
         write_json(study_dir / "best.json", best)
         files.append("best.json")
 
-    text = format_table(rows) + "\n\n" + verdict(rows, complete)
+    text = format_table(rows, metric) + "\n\n" + verdict(rows, complete, metric)
     write_text(study_dir / "summary.txt", text + "\n")
     files.append("summary.txt")
     if plots:
         from search import plots as plots_mod
 
-        files += plots_mod.write_plots(study_dir, rows, records)
+        files += plots_mod.write_plots(study_dir, rows, records, metric)
     return Summary(rows, best, text, files)
 
 
@@ -335,37 +415,40 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _best_json(row: dict, records: list[TrialRecord], config, task) -> dict:
-    # what --trials counts: finished trials that evaluated a candidate of their own
-    n_finished = sum(r.status not in ("running", "interrupted", "error") and r.duplicate_of is None
-                     for r in records)
+def _best_json(row: dict, rows: list[dict], records: list[TrialRecord], confirmations: list[ConfirmRecord],
+               config, task, metric: Metric) -> dict:
+    from search.policy import evaluated
+
+    mine = [c for c in confirmations if c.fingerprint == row["fingerprint"] and c.status == "ok"]
+    compared = [r for r in rows if r["confirmed"] and r["label"] != REFERENCE]
     return {
         "study": config.study_name,
         "label": row["label"],
         "candidate": row["candidate"],
+        "coefficients": row["coefficients"],
         "params": row["params"],
         "fingerprint": row["fingerprint"],
+        # the MEAN over every activation layer and every confirmation seed; the values
+        # behind it, per seed and per layer, in learned_coefficients_per_seed
         "learned_coefficients": row["learned_coefficients"],
-        "confirmed": {"metric": "test_acc", "mean": row["mean"], "std": row["std"],
-                      "n_seeds": row["n_seeds"], "seeds": row["seeds"], "per_seed": row["per_seed"]},
-        "vs_gelu": {"mean_diff": row["mean_diff_vs_gelu"], "ci_low": row["ci_low"],
-                    "ci_high": row["ci_high"], "beats_gelu": row["beats_gelu"]},
+        "learned_coefficients_per_seed": row["learned_coefficients_per_seed"],
+        "confirmed": {"metric": metric.key("test"), "direction": metric.direction, "mean": row["mean"],
+                      "std": row["std"], "n_seeds": row["n_seeds"], "seeds": row["seeds"],
+                      "per_seed": row["per_seed"]},
+        "vs_gelu": {"mean_diff": row["mean_diff_vs_gelu"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                    "ci_level": row["ci_level"], "p": row["p_value"], "p_holm": row["p_holm"],
+                    "beats_gelu": row["beats_gelu"],
+                    "decision": f"one-sided paired t-test of the improvement over {REFERENCE}, Holm-corrected "
+                                f"over {len(compared)} candidates, familywise alpha {ALPHA}"},
         "task": task.to_dict() if task is not None else None,
-        "search": {"backend": config.backend, "n_trials": n_finished, "sampler": config.sampler},
+        "search": {"backend": config.backend, "n_trials": evaluated(records), "sampler": config.sampler},
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hardware": hardware(_device(task)),
+        # where the confirmation runs of this candidate trained (Ray: the workers, not this process)
+        "hardware": {**hardware(), "devices": sorted({c.device for c in mine if c.device}),
+                     "precisions": sorted({c.precision for c in mine if c.precision}),
+                     "nodes": sorted({c.node for c in mine if c.node})},
     }
-
-
-def _device(task) -> str | None:
-    """The device the task ran on ("cuda", "cpu"), resolved from "auto" where possible."""
-    if task is None:
-        return None
-    try:
-        return str(task.resolve_device())
-    except (AttributeError, ValueError, RuntimeError):
-        return getattr(task, "device", None)
 
 
 def versions() -> dict:
@@ -378,11 +461,11 @@ def versions() -> dict:
     return out
 
 
-def hardware(device: str | None = None) -> dict:
+def hardware() -> dict:
+    """This process's machine (the driver's; the records name where each run trained)."""
     import os
 
-    out = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "device": device}
+    out = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         out["cuda_device"] = torch.cuda.get_device_name(0)
@@ -390,4 +473,4 @@ def hardware(device: str | None = None) -> dict:
 
 
 __all__ = ["write_results", "build_leaderboard", "format_table", "verdict", "Summary", "versions",
-           "CONFIDENCE", "N_RESAMPLES", "MIN_PAIRS_FOR_CLAIM"]
+           "coefficient_text", "zero_cost_agreement", "fmt"]

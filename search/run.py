@@ -11,21 +11,27 @@ opened for writing: bad input ends with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import signal
 import sys
 import threading
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
+from search import lock
 from search.config import BACKEND_NAMES, PRUNERS, SAMPLERS, SearchConfig
 from search.exceptions import BackendUnavailable, SearchInterrupted, TooManyErrors, UsageError
 
 PROG = "python -m search.run"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+# The bare command's wall time, as measured and recorded in the README (one set of timings:
+# the README's table and this line say the same).
+DEFAULT_RUN_TIME = "4 min"
 
 
 # ---------------------------------------------------------------------------
@@ -34,34 +40,42 @@ EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 # ---------------------------------------------------------------------------
 
 def _import_optuna_backend():
-    from search.optuna_backend import run_optuna
-
-    return run_optuna
+    return importlib.import_module("search.optuna_backend")
 
 
 def _import_ray_backend():
     try:
-        from search.ray_backend import run_ray
+        ray_backend = importlib.import_module("search.ray_backend")
     except ModuleNotFoundError as e:
         if e.name == "ray" or (e.name or "").startswith("ray."):
             raise BackendUnavailable("the ray backend needs Ray Tune: pip install 'ray[tune]'") from None
-        if e.name == "search.ray_backend":
+        if (e.name or "").startswith("search.ray_backend"):
             raise BackendUnavailable("the ray backend is not available in this installation "
-                                         "(search/ray_backend.py is missing); use --backend optuna") from None
+                                     "(search/ray_backend/ is missing); use --backend optuna") from None
         raise
     except ImportError as e:
         raise BackendUnavailable(f"the ray backend cannot be imported ({e}); "
-                                     "use --backend optuna") from None
-    return run_ray
+                                 "use --backend optuna") from None
+    return ray_backend
 
 
 BACKENDS = {"optuna": _import_optuna_backend, "ray": _import_ray_backend}
 
 
-def get_backend(name: str):
+@dataclass(frozen=True)
+class Backend:
+    """What a backend module gives the CLI (see search.records for the contract)."""
+
+    search: Callable      # (config, space, task, study_dir) -> list[TrialRecord]
+    session: Callable     # (config) -> context manager around search and confirmation (Ray: connected)
+    confirm_runner: Callable  # (config, task, study_dir) -> a runner for search.confirm.confirm
+
+
+def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    return BACKENDS[name]()
+    module = BACKENDS[name]()
+    return Backend(getattr(module, f"run_{name}"), module.session, module.confirm_runner)
 
 
 # ---------------------------------------------------------------------------
@@ -69,10 +83,23 @@ def get_backend(name: str):
 # ---------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit code 2), never the usage block."""
+    """argparse, but a usage error is one line on stderr (exit code 2), never the usage block;
+    --help ends with the spaces and baselines that exist (imported only for --help)."""
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def format_help(self) -> str:
+        import spaces
+
+        from search.baselines import valid_names
+
+        lines = ["", "spaces (--space):"]
+        for name in spaces.list_spaces():
+            lines.append(f"  {name:<14} {spaces.get_space(name).description}")
+        lines += ["", "activations --baselines accepts (spaces.list_activations()):",
+                  "  " + ", ".join(valid_names())]
+        return super().format_help() + "\n".join(lines) + "\n"
 
 
 def _bounded(kind: type, positive: bool):
@@ -97,12 +124,25 @@ _positive_int, _nonneg_int = _bounded(int, positive=True), _bounded(int, positiv
 _positive_float, _nonneg_float = _bounded(float, positive=True), _bounded(float, positive=False)
 
 
+def _baseline_list(text: str) -> list[str]:
+    from search.baselines import parse_names
+
+    names = parse_names(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no activation")
+    return names
+
+
 EPILOG = """\
-defaults: the bare command (vit-nano on 5,000 Fashion-MNIST images, 12 trials of
-3 epochs including the 4 baselines, then the top 2 candidates and the 4
-baselines retrained on 3 fresh seeds and scored on the 10,000 test images)
-took 8 min 20 s on 2 CPU cores shared with other work (about 2.7 min search,
-5.5 min confirmation); expect about 5 minutes on 2 idle cores.
+defaults: vit-nano on 5,000 Fashion-MNIST images, 12 trials of 3 epochs (the 4
+baselines included), then the top 2 candidates and the 4 baselines retrained on
+3 fresh seeds and scored on the 10,000 test images: about {minutes} on 2
+idle CPU cores (measured: README, "What a search prints and writes").
+
+a winner is claimed only when a one-sided paired t-test against GELU, Holm-
+corrected over every confirmed candidate, says so at 5 % familywise error; with
+3 seeds that finds real improvements rarely: use --confirm-seeds 10 for a claim
+(racing, on by default, stops candidates that trail GELU after 3 seeds).
 
 on a GPU (--device cuda, or auto), scale the task up, e.g.:
   --train-size 50000 --val-size 10000 --epochs 15 --trials 100 \\
@@ -121,7 +161,7 @@ To search longer, rerun with a larger --trials.
 
 exit codes: 0 done, 1 the search stopped on repeated errors, 2 bad input
 (nothing was written), 130 interrupted (partial results saved).
-"""
+""".format(minutes=DEFAULT_RUN_TIME)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to search, on which task")
     g.add_argument("--space", default=d.space,
-                   help=f"search space, see spaces.list_spaces() (default: {d.space})")
+                   help=f"search space; the list is at the end of --help (default: {d.space})")
     g.add_argument("--dataset", default=d.dataset,
                    help=f"fashion_mnist | cifar10 | cifar100 (default: {d.dataset})")
     g.add_argument("--model", default=d.model,
@@ -150,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.seed})")
     g = p.add_argument_group("how much search")
     g.add_argument("--trials", type=_positive_int, default=d.trials,
-                   help=f"evaluated trials the study should hold, the 4 baselines included; duplicates "
+                   help=f"evaluated trials the study should hold, the baselines included; duplicates "
                         f"of an evaluated candidate are free and do not count; a rerun runs only the "
                         f"missing ones (default: {d.trials})")
+    g.add_argument("--baselines", type=_baseline_list, default=d.baselines, metavar="A,B,...",
+                   help=f"activations trained first and confirmed beside the best candidates; gelu, the "
+                        f"reference, must be one; valid names at the end of --help "
+                        f"(default: {','.join(d.baselines)})")
     g.add_argument("--timeout", type=_positive_float, default=d.timeout, metavar="SECONDS",
                    help="stop starting new search trials after this many seconds (default: no limit)")
     g.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
@@ -162,10 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"baselines included) or hyperband; worth it from about 10 epochs (default: {d.pruner})")
     g = p.add_argument_group("confirmation (one seed lies)")
     g.add_argument("--confirm-top", type=_positive_int, default=d.confirm_top, metavar="K",
-                   help=f"distinct best candidates retrained besides the 4 baselines (default: {d.confirm_top})")
+                   help=f"distinct best candidates retrained besides the baselines; candidates of the same "
+                        f"formula whose coefficients differ by <= 0.05 count as one (default: {d.confirm_top})")
     g.add_argument("--confirm-seeds", type=_positive_int, default=d.confirm_seeds, metavar="S",
-                   help=f"fresh seeds per confirmed candidate, scored on the test split; at least 2 "
+                   help=f"most fresh seeds per confirmed candidate, scored on the test split; at least 2 "
                         f"(default: {d.confirm_seeds})")
+    g.add_argument("--racing", action=argparse.BooleanOptionalAction, default=d.racing,
+                   help="add seeds in rounds (3, 5, 8, 10, ...) only to candidates still ahead of GELU; "
+                        "--no-racing gives every candidate every seed (default: racing)")
     g = p.add_argument_group("where results go")
     g.add_argument("--study", default=d.study,
                    help="study name (default: <space>-<dataset>-<model>)")
@@ -179,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.grace_period})")
     g = p.add_argument_group("hardware and data")
     g.add_argument("--device", default=d.device,
-                   help=f"auto | cpu | cuda | cuda:N | mps (default: {d.device}: cuda if available)")
+                   help=f"auto | cpu | cuda | cuda:N | mps (default: {d.device}: cuda if available; with "
+                        f"--backend ray: cuda when --gpus-per-trial > 0, else cpu)")
     g.add_argument("--data-root", default=d.data_root, metavar="DIR",
                    help="folder holding the dataset (default: $EAFO_DATA_ROOT, then "
                         "/usr/share/datasets/fashion-mnist, then ~/.cache/eafo-search)")
@@ -212,31 +261,58 @@ def prepare(config: SearchConfig):
     """Validate the whole run and build its parts; raise UsageError (or a ValueError).
 
     Reads only: creates no folder and opens no storage for writing.
-    Returns (space, task, backend function).
+    Returns (space, task, backend); the task's device and precision are resolved
+    (never "auto"), so every record and best.json name what was used.
     """
     import spaces
     from evaluators import ProxyTask
 
+    from search.baselines import check as check_baselines
+
     config.validate()
     space = spaces.get_space(config.space)
+    check_baselines(config.baselines)
     task = ProxyTask(dataset=config.dataset, model=config.model, epochs=config.epochs,
                      train_size=config.train_size, val_size=config.val_size, test_size=config.test_size,
-                     device=config.device,
-                     data_root=config.data_root, download=config.download)
-    task.load_split("val")  # the data exists, the sizes fit it, the device is there
-    if config.test_size is not None:
-        from evaluators import load_dataset
-
-        n_test = load_dataset(config.dataset, config.data_root, config.download).test_labels.size
-        if config.test_size > n_test:
-            raise UsageError(f"--test-size {config.test_size} is larger than {config.dataset}'s "
-                             f"test set ({n_test} images)")
+                     device=config.device, data_root=config.data_root, download=config.download)
+    task = resolve_hardware(config, task)
+    # The data is there and every size fits it; nothing stays loaded here (under Ray the
+    # driver trains nothing; under Optuna the first trial loads its split on the device).
+    task.check_data()
     backend = get_backend(config.backend)
     _check_study_dir(config)
     from search.storage import check_storage
 
     check_storage(config.storage_url, will_create=config.study_dir if config.storage is None else None)
     return space, task, backend
+
+
+def resolve_hardware(config: SearchConfig, task):
+    """The task with its device and precision resolved, checked against --gpus-per-trial.
+
+    Optuna trains in this process: "auto" is what this machine has (cuda, mps,
+    cpu), and a named device must be here. Ray trains on workers, which see
+    only the GPUs a trial reserves: "auto" is cuda exactly when
+    --gpus-per-trial > 0, and the driver (which may have no GPU) checks only
+    that the two flags agree; the cluster's GPU count is checked on connecting.
+    """
+    import torch
+
+    gpus = config.gpus_per_trial
+    if config.backend == "ray":
+        device = torch.device(("cuda" if gpus > 0 else "cpu") if config.device == "auto" else config.device)
+        if device.type == "cuda" and device.index is not None:
+            raise UsageError(f"--device {config.device}: with --backend ray each trial gets the GPUs Ray "
+                             "assigns it; use --device cuda")
+        if device.type == "cuda" and gpus == 0:
+            raise UsageError(f"--device {config.device} with --backend ray needs --gpus-per-trial > 0 "
+                             "(Ray hides every GPU from a trial that reserves none)")
+    else:
+        device = task.resolve_device()  # ValueError if CUDA/MPS is not here
+    if gpus > 0 and device.type != "cuda":
+        raise UsageError(f"--gpus-per-trial {gpus:g} reserves GPUs that --device {config.device} "
+                         f"({device}) does not use")
+    return task.replace(device=str(device), precision=task.resolve_precision(device))
 
 
 def _check_study_dir(config: SearchConfig) -> None:
@@ -248,7 +324,7 @@ def _check_study_dir(config: SearchConfig) -> None:
     existing = next((p for p in [study_dir, *study_dir.absolute().parents] if p.exists()), None)
     if existing is None or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot create {study_dir}: {existing} is not writable")
-    holder = _lock_holder(study_dir / LOCK_FILE)
+    holder = lock.holder(study_dir)
     if holder is not None:
         raise UsageError(f"study {config.study_name!r} is being run by another process ({holder}); "
                          "wait for it, or stop it and run this command again to resume")
@@ -259,52 +335,6 @@ def _check_study_dir(config: SearchConfig) -> None:
         if diff:
             raise UsageError(f"study {config.study_name!r} was run with {', '.join(diff)}; rerun with "
                              f"those settings, or choose a new --study")
-
-
-# ---------------------------------------------------------------------------
-# One run per study folder at a time
-# ---------------------------------------------------------------------------
-
-LOCK_FILE = ".lock"
-
-
-def _lock_holder(path: Path) -> str | None:
-    """'pid N' if another process holds the study's lock, else None (reads only)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    if not path.exists():
-        return None
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return f"pid {f.read().strip() or '?'}"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
-
-
-def _acquire_lock(study_dir: Path):
-    """Hold the study's lock for this process's life (the OS drops it even on SIGKILL).
-
-    Two runs of one study at once would train the same seeded suggestions twice.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    f = open(study_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise UsageError(f"study folder {study_dir} is being run by another process") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 # Modules whose calls a KeyboardInterrupt must not land in: one raised inside a SQLite
@@ -382,22 +412,23 @@ def _run(config: SearchConfig, space, task, backend, resume: str) -> int:
     study_dir = config.study_dir
     created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
-    lock = _acquire_lock(study_dir)
+    held = lock.acquire(study_dir)
     try:
         return _run_locked(config, space, task, backend, resume)
     finally:
-        if lock is not None:
-            lock.close()
-        left = list(study_dir.iterdir()) if study_dir.is_dir() else []
-        if created and [p.name for p in left] == [LOCK_FILE]:  # nothing was run: leave no trace
-            left[0].unlink()
+        held.release()
+        left = sorted(p.name for p in study_dir.iterdir()) if study_dir.is_dir() else []
+        if created and set(left) <= {lock.LOCK_FILE, lock.PID_FILE}:  # nothing was run: leave no trace
+            for name in left:
+                (study_dir / name).unlink()
             study_dir.rmdir()
 
 
-def _run_locked(config: SearchConfig, space, task, backend, resume: str) -> int:
-    import spaces
+def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str) -> int:
     from search import confirm as confirm_mod
+    from search import policy
     from search.atomic import write_json
+    from search.baselines import resolve
     from search.results import write_results
 
     study_dir = config.study_dir
@@ -407,23 +438,35 @@ def _run_locked(config: SearchConfig, space, task, backend, resume: str) -> int:
     t0 = time.perf_counter()
     print(f"study {config.study_name!r} in {study_dir}/ ({config.backend}, {config.sampler}, "
           f"{config.trials} trials of {config.epochs} epochs on {config.train_size} {config.dataset} "
-          f"images, {config.model})", file=sys.stderr)
-    records = []
+          f"images, {config.model}, {task.device} {task.precision})", file=sys.stderr)
+    warning = policy.baselines_warning(config.trials, len(config.baselines))
+    if warning:
+        print(warning, file=sys.stderr)
+    records, confirmation = [], None
     try:
-        try:
-            records = backend(config, space, task, study_dir)
-        except UsageError as e:  # found only once the storage was open (a study of other settings)
-            _error(_one_line(e))
-            if not had_config:
-                config_path.unlink()
-            return EXIT_USAGE
-        entries = confirm_mod.select(records, config.confirm_top)
-        n_runs = len(entries) * config.confirm_seeds
-        n_base = len(spaces.BASELINES)
-        print(f"confirming {len(entries)} candidates (top {len(entries) - n_base} + {n_base} baselines) on "
-              f"{config.confirm_seeds} seeds {config.confirmation_seeds}: up to {n_runs} runs on the "
-              "test split", file=sys.stderr)
-        confirmations = confirm_mod.confirm(task, entries, config.confirmation_seeds, study_dir)
+        with backend.session(config):
+            records = backend.search(config, space, task, study_dir)
+            note = policy.search_note(records, config.trials)
+            if note:
+                print(note, file=sys.stderr)
+            entries, skipped = confirm_mod.select(records, config.confirm_top, resolve(config.baselines),
+                                                  task.metric)
+            for label, like in skipped:
+                print(f"not confirmed: {label} (the formula of {like}, coefficients within "
+                      f"{confirm_mod.NEAR_TOLERANCE:g})", file=sys.stderr)
+            n_base = len(config.baselines)
+            print(f"confirming {len(entries)} candidates (top {len(entries) - n_base} + {n_base} baselines) on "
+                  f"up to {config.confirm_seeds} seeds {config.confirmation_seeds}"
+                  f"{', racing' if config.racing else ''}: at most {len(entries) * config.confirm_seeds} runs "
+                  "on the test split", file=sys.stderr)
+            runner = backend.confirm_runner(config, task, study_dir)
+            confirmation = confirm_mod.confirm(entries, config.confirmation_seeds, study_dir, runner, task.metric,
+                                               adaptive=config.racing)
+    except UsageError as e:  # found only once connected: a storage of other settings, a cluster out of reach
+        _error(_one_line(e))
+        if not had_config:
+            config_path.unlink()
+        return EXIT_USAGE
     except SearchInterrupted as e:
         return _partial(config, e.records, task, resume, "the search was interrupted", t0)
     except TooManyErrors as e:
@@ -433,12 +476,15 @@ def _run_locked(config: SearchConfig, space, task, backend, resume: str) -> int:
     except KeyboardInterrupt:
         return _partial(config, records, task, resume, "confirmation was interrupted", t0)
 
-    complete = not any(c.status == "error" for c in confirmations)
-    summary = write_results(study_dir, records, confirmations, config, task=task, complete=complete)
+    summary = write_results(study_dir, records, confirmation.records, config, task=task,
+                            complete=confirmation.complete, stopped=confirmation.stopped)
     print()
     print(summary.text)
+    if config.racing and confirmation.runs < confirmation.fixed_runs:
+        print(f"\nracing: {confirmation.runs} confirmation runs instead of {confirmation.fixed_runs} "
+              f"(every candidate on every seed)")
     print(f"\nresults in {study_dir}/ ({', '.join(summary.files)}); took {time.perf_counter() - t0:.0f} s")
-    if not complete:
+    if not confirmation.complete:
         print(f"some confirmation runs failed with errors; rerun to retry them:\n  {resume}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ its own process group, never with a broad `ray stop`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -163,17 +164,24 @@ def ship_by_value() -> None:
 class PausingTask(ProxyTask):
     """A task that stops for a while after one epoch of one candidate (its checkpoint
     already saved), so that a test can kill the worker mid-trial without racing the
-    training. It pauses only when it trains that epoch: a trial resumed past it does not."""
+    training. It pauses only when it trains that epoch: a trial resumed past it does not.
+    With `pause_marker`, the pausing process writes its pid there first (who to kill);
+    with `pause_seed`, only that seed pauses."""
 
     pause_after_epoch: int = 1
     pause_seconds: float = 0.0
     pause_formula: str = "gelu(x)"
+    pause_marker: str | None = None
+    pause_seed: int | None = None
 
     def evaluate(self, candidate, seed=0, report=None, split="val", checkpoint=None):
         def slow_report(epoch, metrics):
             if report is not None:
                 report(epoch, metrics)
-            if epoch == self.pause_after_epoch and candidate.formula == self.pause_formula:
+            if epoch == self.pause_after_epoch and candidate.formula == self.pause_formula \
+                    and self.pause_seed in (None, seed):
+                if self.pause_marker:
+                    Path(self.pause_marker).write_text(json.dumps({"pid": os.getpid(), "seed": seed}))
                 time.sleep(self.pause_seconds)
 
         return super().evaluate(candidate, seed=seed, report=slow_report, split=split, checkpoint=checkpoint)

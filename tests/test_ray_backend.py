@@ -17,10 +17,16 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
 pytest.importorskip("ray.tune")
 
+import spaces  # noqa: E402
+from evaluators import ACCURACY, ProxyTask  # noqa: E402
 from ray_helpers import (FewBases, PausingTask, cli, free_port, listening_addresses,  # noqa: E402,F401
                          ray_address, read_events, ship_by_value, wait_for_event)
+from search import confirm as cm  # noqa: E402
+from search import policy  # noqa: E402
 from search import ray_backend as rb  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
+from search.optuna_backend import run_optuna  # noqa: E402
+from search.ray_backend.confirm import RayRunner  # noqa: E402
 from search.results import write_results  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -34,15 +40,16 @@ def _config(tmp_path, address, **kw) -> SearchConfig:
                         max_concurrent=2, cpus_per_trial=1.0, **{**TINY, **kw}).validate()
 
 
-N_TRIALS = 7  # 4 baselines + 3 from FewBases: relu and gelu are baselines again, tanh is new
+N_TRIALS = 7  # asked for; FewBases has relu and gelu (the baselines again) and tanh (new):
+N_EVALUATED = 5  # only 4 baselines + tanh exist, so the sampler exhausts the space
 
 
 @pytest.fixture(scope="module")
 def killed_worker_search(ray_address, tmp_path_factory):
     """A 7-trial search, 2 at a time, whose gelu trial's worker is SIGKILLed after epoch 1.
 
-    The space (FewBases) proposes relu, gelu and tanh, so at least two of its three
-    trials are duplicates. The gelu trial pauses after epoch 1 (its checkpoint
+    The space (FewBases) proposes relu, gelu and tanh: only tanh is new, so the study
+    ends when the sampler has proposed only evaluated candidates for a while. The gelu trial pauses after epoch 1 (its checkpoint
     already reported) so that the kill lands mid-trial without racing the training.
     """
     ship_by_value()  # workers get FewBases and PausingTask without importing tests/
@@ -77,10 +84,13 @@ def killed_worker_search(ray_address, tmp_path_factory):
 def test_distributed_search_runs_trials_concurrently_and_makes_the_leaderboard(killed_worker_search):
     run = killed_worker_search
     records, info = run["records"], run["info"]
-    assert [r.number for r in records] == list(range(N_TRIALS))
+    assert [r.number for r in records] == list(range(len(records)))
     assert all(r.status in ("ok", "pruned", "rejected", "diverged") for r in records), \
         [(r.number, r.status, r.reason) for r in records]
     assert [r.baseline for r in records[:4]] == ["gelu", "relu", "silu", "crrelu"]  # baselines first
+    # duplicates do not count: every candidate there is was evaluated once, then the space ran dry
+    assert policy.evaluated(records) == N_EVALUATED
+    assert sum(r.duplicate_of is not None for r in records) >= policy.MAX_DUPLICATES_IN_A_ROW
     # Two trials overlapped in time (Ray ran them at once), on different workers.
     spans = [(t["started_at"], t["ended_at"], t["pids"]) for t in info]
     overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
@@ -90,7 +100,7 @@ def test_distributed_search_runs_trials_concurrently_and_makes_the_leaderboard(k
     leaderboard = json.loads((run["config"].study_dir / "leaderboard.json").read_text())
     assert {"gelu", "relu", "silu", "crrelu"} <= {row["label"] for row in leaderboard}
     trials_json = json.loads((run["config"].study_dir / "trials.json").read_text())
-    assert [t["number"] for t in trials_json] == list(range(N_TRIALS))
+    assert [t["number"] for t in trials_json] == list(range(len(records)))
     # Ray's experiment lives under the study folder; everything it bound was loopback.
     assert (run["config"].study_dir / rb.EXPERIMENT).is_dir()
     assert run["seen"]["bound"] and run["seen"]["bound"] <= LOOPBACK, run["seen"]["bound"]
@@ -164,6 +174,10 @@ def test_rerunning_the_command_restores_a_killed_driver(ray_address, tmp_path):
     assert not retrained & done_before, (done_before, retrained)
     leaderboard = json.loads((study / "leaderboard.json").read_text())
     assert {"gelu", "relu", "silu", "crrelu"} <= {r["label"] for r in leaderboard if r["confirmed"]}
+    # confirmation ran on the cluster: Ray workers (two at a time), not the driver, trained it
+    confirmed = [json.loads(line) for line in (study / cm.CONFIRM_FILE).read_text().splitlines()]
+    assert len({c["pid"] for c in confirmed}) >= 2 and all(c["device"] == "cpu" for c in confirmed)
+    assert "confirm round 1" in second.stderr
 
 
 def test_unreachable_address_is_a_one_line_usage_error(tmp_path):
@@ -196,3 +210,99 @@ def test_local_instance_listens_on_loopback_only():
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     finally:
         ray.shutdown()
+
+
+def test_both_backends_count_deduplicate_and_record_alike(ray_address, tmp_path, fashion_root, capsys):
+    """The same search (FewBases: relu and gelu are the baselines again, tanh is new; so only 5
+    distinct candidates exist) asked for 6 trials, on each backend: both hold the same 5
+    evaluated candidates, record the duplicates alike, and stop on the same rule."""
+    ship_by_value()
+    task = ProxyTask(epochs=1, train_size=64, val_size=64, device="cpu", data_root=fashion_root)
+    common = dict(space="eafo_default", runs_dir=str(tmp_path), trials=6, sampler="random", epochs=1,
+                  train_size=64, val_size=64, heartbeat_interval=1, grace_period=2)
+    results = {}
+    for backend in ("optuna", "ray"):
+        config = SearchConfig(backend=backend, study=backend, ray_address=ray_address, max_concurrent=1,
+                              **common).validate()
+        config.study_dir.mkdir(parents=True, exist_ok=True)
+        run = run_optuna if backend == "optuna" else rb.run_ray
+        records = run(config, FewBases(), task, config.study_dir, progress=False)
+        results[backend] = (records, capsys.readouterr().err)
+    fingerprints = {}
+    for backend, (records, err) in results.items():
+        assert [r.baseline for r in records[:4]] == ["gelu", "relu", "silu", "crrelu"], backend
+        counted = [r for r in records if policy.counts(r)]
+        assert len(counted) == policy.evaluated(records) == 5, backend  # duplicates did not count
+        assert "space looks exhausted" in err, (backend, err[-500:])
+        duplicates = [r for r in records if r.duplicate_of is not None]
+        assert len(duplicates) >= policy.MAX_DUPLICATES_IN_A_ROW, backend
+        by_number = {r.number: r for r in records}
+        for d in duplicates:
+            owner = by_number[d.duplicate_of]
+            assert owner.fingerprint == d.fingerprint and owner.duplicate_of is None, backend
+            assert (d.status, d.score) == (owner.status, owner.score), backend
+            assert "not trained again" in d.reason and d.device is None, backend
+        for r in counted:
+            assert r.status == "ok" and (r.device, r.precision) == ("cpu", "fp32") and len(r.history) == 1, backend
+        crrelu = next(r for r in counted if r.baseline == "crrelu")
+        assert set(crrelu.learned_per_layer) == {"eps"} and len(crrelu.learned_per_layer["eps"]) > 1
+        assert crrelu.learned_coefficients["eps"] == pytest.approx(
+            sum(crrelu.learned_per_layer["eps"]) / len(crrelu.learned_per_layer["eps"]))
+        fingerprints[backend] = {r.fingerprint for r in counted}
+    assert fingerprints["optuna"] == fingerprints["ray"]
+    assert set(results["optuna"][0][0].to_dict()) == set(results["ray"][0][0].to_dict())
+
+
+@pytest.fixture(scope="module")
+def killed_confirmation(ray_address, tmp_path_factory):
+    """Confirmation of gelu and relu on 2 seeds as Ray tasks, 2 at a time; the worker training
+    relu seed 1 is SIGKILLed after its first epoch (checkpoint saved)."""
+    ship_by_value()
+    tmp = tmp_path_factory.mktemp("ray_confirm")
+    config = _config(tmp, ray_address, study="confirm", trials=4)
+    config.study_dir.mkdir(parents=True)
+    marker = tmp / "paused.json"
+    task = PausingTask(epochs=2, train_size=256, val_size=128, test_size=300, device="cpu", precision="fp32",
+                       pause_after_epoch=1, pause_seconds=30.0, pause_formula="relu(x)", pause_seed=1,
+                       pause_marker=str(marker))
+    entries, _ = cm.select([], 0, {k: spaces.BASELINES[k] for k in ("gelu", "relu")}, ACCURACY)
+    seen = {}
+
+    def kill_when_paused():
+        deadline = time.time() + 240
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        seen.update(json.loads(marker.read_text()))
+        seen["checkpoint"] = cm.checkpoint_path(config.study_dir.absolute(), entries[1].fingerprint, 1).exists()
+        os.kill(seen["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_paused, daemon=True)
+    killer.start()
+    t0 = time.time()
+    with rb.session(config):
+        done = cm.confirm(entries, [1, 2], config.study_dir, RayRunner(config, task, config.study_dir), ACCURACY,
+                          progress=False)
+    killer.join(timeout=5)
+    return {"done": done, "seen": seen, "wall": time.time() - t0, "config": config}
+
+
+def test_confirmation_runs_on_ray_workers_and_records_who_trained_it(killed_confirmation):
+    import platform
+
+    done = killed_confirmation["done"]
+    assert done.complete and done.runs == 4
+    records = done.records
+    assert all(r.status == "ok" and r.device == "cpu" and r.precision == "fp32" for r in records)
+    assert all(r.node == platform.node() and r.pid != os.getpid() for r in records)  # workers, not the driver
+    assert len({r.pid for r in records}) >= 2  # two at a time, on different workers
+    lines = (killed_confirmation["config"].study_dir / cm.CONFIRM_FILE).read_text().splitlines()
+    assert len(lines) == 4 and all({"pid", "node", "device"} <= set(json.loads(x)) for x in lines)
+
+
+def test_a_killed_confirmation_worker_is_retried_from_its_checkpoint(killed_confirmation):
+    seen = killed_confirmation["seen"]
+    assert seen["checkpoint"]  # epoch 1 was saved before the kill
+    relu1 = next(r for r in killed_confirmation["done"].records if r.label == "relu" and r.seed == 1)
+    assert relu1.pid != seen["pid"]  # another worker finished it
+    assert relu1.resumed_from_epoch == 1  # from the checkpoint, not from scratch
+    assert killed_confirmation["wall"] < 30 + 120  # it did not wait out the pause

@@ -2,6 +2,7 @@
 first, deduplication by fingerprint, its saved state) and the schedulers' rules."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -11,20 +12,30 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is
 pytest.importorskip("ray.tune")
 
 import spaces  # noqa: E402
+from evaluators import ACCURACY  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 from ray_helpers import FewBases  # noqa: E402  (relu, gelu: the baselines again; tanh: new)
+from search import policy  # noqa: E402
 from search import ray_backend as rb  # noqa: E402
+from search.policy import Outcome  # noqa: E402
 
 BASELINE_FPS = {label: c.fingerprint for label, c in spaces.BASELINES.items()}
+METRIC = ACCURACY.key("val")
+
+
+class _Task:
+    metric = ACCURACY
 
 
 def final(status="ok", score=0.5):
-    return {"final": True, "status": status, "score": score, "reason": None if status == "ok" else "why",
-            "learned_coefficients": {}, rb.METRIC: score if score is not None else math.nan, rb.TIME_ATTR: 2}
+    o = Outcome(status, score, None if status == "ok" else "why")
+    return {"final": True, "outcome": json.dumps(o.to_dict()), METRIC: score if score is not None else math.nan,
+            rb.TIME_ATTR: 2}
 
 
-def searcher(max_concurrent=None):
-    return rb.BaselinesFirstSearcher(FewBases(), "random", seed=0, max_concurrent=max_concurrent)
+def searcher(max_concurrent=None, target=100):
+    return rb.BaselinesFirstSearcher(FewBases(), "random", seed=0, max_concurrent=max_concurrent,
+                                     baselines=dict(spaces.BASELINES), metric=ACCURACY, target=target)
 
 
 def start_baselines(s):
@@ -81,7 +92,7 @@ def test_owner_error_releases_the_fingerprint_to_a_held_duplicate():
     s.on_trial_complete("b0", error=True)  # the gelu baseline failed for good
     c = s.suggest("retry")
     assert c["params"] == {"base": "gelu"} and "duplicate_of" not in c  # trained, now the owner
-    assert s._owners[BASELINE_FPS["gelu"]]["number"] == c["number"]
+    assert s._registry.owner(BASELINE_FPS["gelu"])[0] == c["number"]
 
 
 def test_non_ok_outcomes_are_pruned_for_optuna_and_reused_with_their_status():
@@ -118,9 +129,28 @@ def test_max_concurrent_limits_live_trials():
 
 
 def test_stopped_trial_is_pruned_not_scored():
-    o = rb.trial_outcome({rb.TIME_ATTR: 1, rb.METRIC: 0.12, "final": False})
-    assert o["status"] == "pruned" and o["score"] is None and "epoch 1" in o["reason"]
-    assert rb.trial_outcome(final(status="ok", score=float("nan")))["status"] == "diverged"
+    o = rb.trial_outcome({rb.TIME_ATTR: 1, METRIC: 0.12, "final": False}, METRIC)
+    assert o.status == "pruned" and o.score is None and "epoch 1" in o.reason
+    assert rb.trial_outcome(final(status="ok", score=float("nan")), METRIC).status == "diverged"
+
+
+def test_duplicates_and_errors_do_not_count_toward_the_trials_to_add():
+    """As under Optuna (policy.counts): --trials counts finished trials of their own candidate."""
+    s = searcher(target=5)  # 4 baselines + 1: tanh is FewBases' only new candidate
+    start_baselines(s)
+    for i in range(4):
+        s.on_trial_complete(f"b{i}", result=final())
+    new, dups = [], []
+    for i in range(200):
+        c = s.suggest(f"s{i}")
+        if c is None or c == s.FINISHED:
+            break
+        (dups if "duplicate_of" in c else new).append(c)
+        first_tanh = "duplicate_of" not in c and len(new) == 1
+        s.on_trial_complete(f"s{i}", result=None if first_tanh else final(), error=first_tanh)
+    assert c == s.FINISHED  # the experiment ends once 5 trials count
+    assert [n["params"] for n in new] == [{"base": "tanh"}, {"base": "tanh"}]  # the errored one was replaced
+    assert dups and all(d["duplicate_of"] in (0, 1) and d["params"]["base"] in ("gelu", "relu") for d in dups)
 
 
 def test_state_round_trip_continues_identically(tmp_path):
@@ -142,7 +172,7 @@ def test_state_round_trip_continues_identically(tmp_path):
 def test_timeout_stops_new_trials_and_ends_once_the_running_ones_finish(monkeypatch):
     s = searcher()
     assert s.suggest("a") is not None
-    monkeypatch.setitem(rb._RUN, "deadline", 0.0)  # long past
+    monkeypatch.setitem(rb.RUN, "deadline", 0.0)  # long past
     assert s.suggest("b") is None  # trial "a" still runs: wait for it
     s.on_trial_complete("a", result=final())
     assert s.suggest("c") == s.FINISHED  # ends this experiment; a rerun continues the study
@@ -153,9 +183,13 @@ class FakeTrial:
         self.trial_id, self.config = trial_id, config
 
 
+def _scheduler(pruner, epochs=3):
+    return rb.make_scheduler(policy.pruning(pruner, _Task(), epochs, n_baselines=4))
+
+
 @pytest.mark.parametrize("pruner", ["hyperband", "median"])
 def test_scheduler_never_stops_baselines_nor_a_finished_trial(pruner):
-    sched = rb.make_scheduler(pruner, epochs=3)
+    sched = _scheduler(pruner)
     trials = [FakeTrial(f"t{i}", {"number": i, "baseline": "x"}) for i in range(4)]
     poor_baseline = FakeTrial("pb", {"number": 4, "baseline": "relu"})
     poor = FakeTrial("p", {"number": 5, "params": {}})
@@ -164,27 +198,27 @@ def test_scheduler_never_stops_baselines_nor_a_finished_trial(pruner):
         sched.on_trial_add(None, t)
     for t in trials:
         for epoch in (1, 2):
-            assert sched.on_trial_result(None, t, {rb.TIME_ATTR: epoch, rb.METRIC: 0.8}) == "CONTINUE"
-    bad = {rb.TIME_ATTR: 1, rb.METRIC: 0.1}
+            assert sched.on_trial_result(None, t, {rb.TIME_ATTR: epoch, METRIC: 0.8}) == "CONTINUE"
+    bad = {rb.TIME_ATTR: 1, METRIC: 0.1}
     assert sched.on_trial_result(None, poor_baseline, bad) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, poor, bad) == TrialScheduler.STOP
-    assert sched.on_trial_result(None, last, {rb.TIME_ATTR: 3, rb.METRIC: 0.1}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, last, {rb.TIME_ATTR: 3, METRIC: 0.1}) == TrialScheduler.CONTINUE
     # a final report or a NaN (no score) is never ranked
     assert sched.on_trial_result(None, poor, {**bad, "final": True}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(None, poor, {rb.TIME_ATTR: 1, rb.METRIC: math.nan}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, poor, {rb.TIME_ATTR: 1, METRIC: math.nan}) == TrialScheduler.CONTINUE
 
 
 def test_asha_is_primed_with_earlier_segments():
     from search.records import TrialRecord
 
-    sched = rb.make_scheduler("hyperband", epochs=3)
+    sched = _scheduler("hyperband")
     earlier = [TrialRecord(number=i, status="ok", label="gelu", score=0.8,
                            history=[{"epoch": 1, "val_acc": 0.8}, {"epoch": 2, "val_acc": 0.85}])
                for i in range(3)]
     sched.prime(earlier)
     poor = FakeTrial("p", {"number": 9, "params": {}})
     sched.on_trial_add(None, poor)
-    assert sched.on_trial_result(None, poor, {rb.TIME_ATTR: 1, rb.METRIC: 0.1}) == TrialScheduler.STOP
+    assert sched.on_trial_result(None, poor, {rb.TIME_ATTR: 1, METRIC: 0.1}) == TrialScheduler.STOP
 
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:notaport", "127.0.0.1:0", "ray://127.0.0.1:10001"])

@@ -80,15 +80,32 @@ def test_records_round_trip_and_refuse_unknown_fields():
 
 
 def test_help_and_the_default_path_import_no_backend_library():
+    # --help imports spaces (torch) to list the spaces and activations; never a backend library
     code = ("import sys; from search import run; rc = run.main(['--help']); "
-            "print(rc, sorted(m for m in ('ray', 'torch', 'optuna') if m in sys.modules))")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            "print(rc, sorted(m for m in ('ray', 'optuna') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip().splitlines()[-1] == "0 []"
     for option in ("--trials", "--timeout", "--dataset", "--model", "--epochs", "--train-size", "--val-size",
                    "--seed", "--study", "--runs-dir", "--storage", "--sampler", "--pruner", "--confirm-top",
-                   "--confirm-seeds", "--device", "--data-root", "--download", "--backend", "--ray-address",
-                   "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent"):
+                   "--confirm-seeds", "--racing", "--baselines", "--device", "--data-root", "--download",
+                   "--backend", "--ray-address", "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent"):
         assert option in p.stdout
+    # the spaces and the valid baseline names, as the packages list them today
+    import spaces
+
+    for name in spaces.list_spaces():
+        assert f"  {name} " in p.stdout
+    assert ", ".join(spaces.list_activations()) in p.stdout
+    # one set of timings: the epilog's is the README's
+    readme = (ROOT / "README.md").read_text()
+    assert f"about {run.DEFAULT_RUN_TIME} on 2" in p.stdout and run.DEFAULT_RUN_TIME in readme
+
+
+def test_usage_errors_import_no_backend_library():
+    code = ("import sys; from search import run; rc = run.main(['--trials', '0']); "
+            "print(rc, sorted(m for m in ('ray', 'torch', 'optuna') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "2 []"
 
 
 def test_a_backend_whose_module_is_missing_fails_with_a_clear_message(monkeypatch):
@@ -97,4 +114,4 @@ def test_a_backend_whose_module_is_missing_fails_with_a_clear_message(monkeypatc
         run.get_backend("ray")
     with pytest.raises(UsageError, match="valid backends"):
         run.get_backend("dask")
-    assert callable(run.get_backend("optuna"))
+    assert callable(run.get_backend("optuna").search)

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 import spaces
-from evaluators import TrialResult
+from evaluators import ACCURACY, TrialResult
 from search.config import SearchConfig
 from search.exceptions import SearchInterrupted, TooManyErrors
 from search.optuna_backend import (MAX_CONSECUTIVE_ERRORS, MAX_DUPLICATES_IN_A_ROW, _evaluated, open_study,
@@ -38,6 +38,9 @@ class _PickSpace(spaces.Space):
 
 class FakeTask:
     """evaluate(candidate) -> an outcome chosen by formula; reports one val_acc per epoch."""
+
+    metric = ACCURACY
+    precision = "fp32"
 
     def __init__(self, outcomes: dict, epochs: int = 2, default: float = 0.5):
         self.outcomes, self.epochs, self.default = outcomes, epochs, default
@@ -88,7 +91,7 @@ def test_non_finite_objective_is_recorded_diverged_never_scored_and_the_study_go
     config = _config(tmp_path, trials=9)
     records = _run(config, FakeTask(outcomes))
 
-    study = open_study(config)
+    study = open_study(config, FakeTask({}))
     assert _evaluated(study) == 9  # the study went on to its budget
     bad_trials = [t for t in study.trials if t.params.get("formula") in FORMULAS[:3]]
     assert bad_trials, "5 distinct draws of 6 formulas must include a non-finite one"
@@ -155,7 +158,7 @@ def test_ctrl_c_saves_finished_trials_and_the_rerun_retries_the_interrupted_one(
     interrupted = [r for r in info.value.records if r.status == "interrupted"]
     assert len(interrupted) == 1
 
-    study = open_study(config)
+    study = open_study(config, FakeTask({}))
     stopped = next(t for t in study.trials if t.number == interrupted[0].number)
     assert stopped.state == TrialState.FAIL
     waiting = study.get_trials(states=(TrialState.WAITING,))
@@ -174,7 +177,7 @@ def test_repeated_exceptions_stop_the_search_with_every_trial_recorded(tmp_path)
     config = _config(tmp_path, trials=20)
     with pytest.raises(TooManyErrors, match="boom"):
         _run(config, task)
-    records = records_from_study(open_study(config))
+    records = records_from_study(open_study(config, FakeTask({})))
     errors = [r for r in records if r.status == "error"]
     assert len(errors) == MAX_CONSECUTIVE_ERRORS
     assert all("RuntimeError: boom" in r.reason for r in errors)
@@ -190,7 +193,7 @@ def test_diverged_and_rejected_results_are_pruned_with_their_reasons(tmp_path):
     seen = {r.formula: r for r in records if r.duplicate_of is None}
     assert seen["tanh(x)"].status == "diverged" and "nan" in seen["tanh(x)"].reason
     assert seen["elu(x)"].status == "rejected" and "finite" in seen["elu(x)"].reason
-    study = open_study(config)
+    study = open_study(config, FakeTask({}))
     assert study.best_trial.user_attrs["formula"] not in ("tanh(x)", "elu(x)")
     assert _evaluated(study) == 10
 
@@ -208,7 +211,7 @@ def test_the_sampler_of_a_resumed_study_does_not_replay_the_first_draws(tmp_path
     task = FakeTask({})
     _run(_config(tmp_path, space="eafo_default", trials=7), task)
     _run(_config(tmp_path, space="eafo_default", trials=10), task)
-    study = open_study(_config(tmp_path, space="eafo_default", trials=10))
+    study = open_study(_config(tmp_path, space="eafo_default", trials=10), FakeTask({}))
     params = [t.params for t in study.trials if t.params]
     assert params[3:6] != params[0:3]
 

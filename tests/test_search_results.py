@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from scipy.stats import ttest_1samp
 
 import spaces
 from search.config import SearchConfig
 from search.records import ConfirmRecord, TrialRecord
 from evaluators import entropy_score
-from search.results import build_leaderboard, write_results, zero_cost_agreement
+from evaluators.metrics import BITS_PER_CHAR
+from search.results import build_leaderboard, format_table, verdict, write_results, zero_cost_agreement
 
 CAND = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": -0.3}, learnable=["eps"])
 WEAK = spaces.parse("tanh(x)")
@@ -23,8 +26,10 @@ def _trial(number, cand, score, baseline=None, status="ok", **kw):
 
 
 def _confirm(label, cand, scores, coef=None):
+    per_layer = {k: [v + 0.05, v - 0.05] for k, v in (coef or {}).items()}  # two layers, mean = coef
     return [ConfirmRecord(label=label, fingerprint=cand.fingerprint, candidate=cand.to_dict(), seed=s,
-                          status="ok", score=v, learned_coefficients=coef or {})
+                          status="ok", score=v, learned_coefficients=coef or {}, learned_per_layer=per_layer,
+                          device="cpu", precision="fp32", pid=1, node="here")
             for s, v in scores.items()]
 
 
@@ -51,31 +56,68 @@ def test_rows_rank_on_confirmed_means_and_compare_with_gelu_on_the_same_seeds():
     rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
     assert [r["label"] for r in rows][:5] == ["trial_4", "gelu", "silu", "crrelu", "relu"]
     top = rows[0]
-    # paired differences: +0.010, +0.005, -0.002 -> mean 0.004333; 3 seeds: CI = [min, max]
-    assert top["mean_diff_vs_gelu"] == pytest.approx(0.013 / 3)
-    assert (top["ci_low"], top["ci_high"]) == (pytest.approx(-0.002), pytest.approx(0.010))
-    assert top["beats_gelu"] is False
+    # paired differences +0.010, +0.005, -0.002: the one-sided t-test over 4 candidates (Holm)
+    diffs = [0.010, 0.005, -0.002]
+    assert top["mean_diff_vs_gelu"] == pytest.approx(np.mean(diffs))
+    assert top["p_value"] == pytest.approx(ttest_1samp(diffs, 0, alternative="greater").pvalue)
+    assert top["n_pairs"] == 3 and top["beats_gelu"] is False
+    assert top["ci_low"] < 0 < top["ci_high"]
     assert top["mean"] == pytest.approx((0.860 + 0.845 + 0.858) / 3)
     assert top["search_score"] == 0.86 and top["search_trial"] == 4
+    # learned coefficients: the mean over layers and seeds, labelled; the values behind it per seed
     assert top["learned_coefficients"] == {"eps": pytest.approx(-0.25)}
+    assert top["coefficients"] == "eps -0.3->-0.25"
+    assert rows[[r["label"] for r in rows].index("gelu")]["coefficients"] == ""
     # searched but unconfirmed: after every confirmed row; rejected and duplicates never appear
     assert [r["label"] for r in rows[5:]] == ["trial_5"] and rows[5]["confirmed"] is False
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
-def test_beating_gelu_needs_a_ci_above_zero_on_at_least_three_seeds():
-    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.850, 3: 0.870}))
-    assert rows[0]["label"] == "trial_4" and rows[0]["beats_gelu"] is True
-    two = [c for c in _confirmations({1: 0.860, 2: 0.850}) if c.seed < 3]
-    rows = build_leaderboard(_records(), two)
-    assert rows[0]["ci_low"] > 0 and rows[0]["beats_gelu"] is False  # two seeds prove nothing
+def test_a_claim_is_the_holm_corrected_t_test_over_every_confirmed_candidate():
+    # +0.010, +0.010, +0.020 over 3 seeds: p = 0.038 alone, but 4 candidates are compared
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.850, 3: 0.880}))
+    top = rows[0]
+    assert top["label"] == "trial_4" and top["beats_gelu"] is False
+    assert top["p_value"] < 0.05 < top["p_holm"]
+    assert top["ci_low"] < 0 and top["ci_level"] == pytest.approx(0.05 / 4)
+    # a consistent, large improvement survives the correction, and its interval is above 0
+    rows = build_leaderboard(_records(), _confirmations({1: 0.900, 2: 0.890, 3: 0.911}))
+    top = rows[0]
+    assert top["beats_gelu"] is True and top["p_holm"] <= 0.05 and top["ci_low"] > 0
+    assert {r["label"] for r in rows if r["beats_gelu"]} == {"trial_4"}
+    summary = verdict(rows, complete=True)
+    assert "trial_4 beats GELU by +5.03 pp" in summary and "Holm" in summary
+    assert "a study with no real winner names one" in summary  # what the decision means, simulated
+
+
+def test_a_minimizing_metric_ranks_lower_first_and_decides_on_improvements():
+    """Bits per character: lower is better. The same machinery, through the metric."""
+    gelu = {1: 1.50, 2: 1.52, 3: 1.49, 4: 1.51, 5: 1.50}
+    better = {s: v - 0.05 + 0.002 * (s % 2) for s, v in gelu.items()}   # ~0.05 bpc lower
+    worse = {s: v + 0.04 for s, v in gelu.items()}
+    conf = _confirm("gelu", spaces.BASELINES["gelu"], gelu) + _confirm("trial_4", CAND, better) \
+        + _confirm("trial_5", WEAK, worse)
+    recs = [_trial(0, spaces.BASELINES["gelu"], 1.6, baseline="gelu"), _trial(4, CAND, 1.55),
+            _trial(5, WEAK, 1.7), _trial(6, spaces.parse("elu(x)"), 1.58), _trial(7, spaces.parse("mish(x)"), 1.65)]
+    rows = build_leaderboard(recs, conf, BITS_PER_CHAR)
+    assert [r["label"] for r in rows] == ["trial_4", "gelu", "trial_5", "trial_6", "trial_7"]
+    assert rows[0]["metric"] == "test_bpc" and rows[0]["direction"] == "minimize"
+    assert rows[0]["mean_diff_vs_gelu"] == pytest.approx(0.05 - 0.002 * 3 / 5)  # an improvement: positive
+    assert rows[0]["beats_gelu"] is True and rows[2]["beats_gelu"] is False
+    assert rows[2]["mean_diff_vs_gelu"] == pytest.approx(-0.04)
+    table = format_table(rows, BITS_PER_CHAR)
+    assert "test bits per character" in table and "vs GELU, bpc" in table
+    assert "trial_4 beats GELU by +0.049 bpc" in verdict(rows, True, BITS_PER_CHAR)
+    # the zero-cost check orients the score too: a lower bpc is a better search score
+    agreement = zero_cost_agreement(rows)
+    assert agreement["y"] == [-r["search_score"] for r in rows]
 
 
 def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_gelu(tmp_path):
     config = SearchConfig(runs_dir=str(tmp_path), study="s")
     summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}), config)
-    assert "No candidate beats GELU beyond noise" in summary.text
-    assert "wide" in summary.text  # three seeds
+    assert "No candidate beats GELU" in summary.text
+    assert "--confirm-seeds 10" in summary.text  # three seeds miss most real improvements
     for name in ("trials.json", "leaderboard.json", "leaderboard.csv", "best.json", "summary.txt",
                  "activations.png", "history.png", "zero_cost.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -83,7 +125,12 @@ def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["label"] == "trial_4" and best["params"] == {"p": 4}
     assert best["learned_coefficients"] == {"eps": pytest.approx(-0.25)}
+    assert best["learned_coefficients_per_seed"] == {"1": {"eps": [-0.2, -0.3]}, "2": {"eps": [-0.2, -0.3]},
+                                                     "3": {"eps": [-0.2, -0.3]}}
     assert best["confirmed"]["seeds"] == [1, 2, 3] and best["confirmed"]["n_seeds"] == 3
+    assert best["confirmed"]["metric"] == "test_acc" and best["confirmed"]["direction"] == "maximize"
+    assert best["vs_gelu"]["beats_gelu"] is False and "Holm" in best["vs_gelu"]["decision"]
+    assert best["hardware"]["devices"] == ["cpu"] and best["hardware"]["precisions"] == ["fp32"]
     # 8 trials, one a duplicate: --trials counts the 7 that evaluated a candidate (rejected included)
     assert best["search"] == {"backend": "optuna", "n_trials": 7, "sampler": "tpe"}
     trials = json.loads((tmp_path / "trials.json").read_text())
@@ -129,3 +176,83 @@ def test_a_candidate_the_zero_cost_score_cannot_handle_leaves_the_columns_empty(
     assert _zero_cost({"formula": "x +* 1", "coefficients": []}) == \
         {"output_entropy": None, "wafbc_distance": None}
     assert _zero_cost(None) == {"output_entropy": None, "wafbc_distance": None}
+
+
+# ---------------------------------------------------------------------------
+# Plots: what they draw, checked on the figure itself
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plots would save, kept open for inspection."""
+    import matplotlib
+
+    from search import plots
+
+    matplotlib.use("Agg", force=True)
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig))
+    yield kept
+    import matplotlib.pyplot as plt
+    for fig in kept:
+        plt.close(fig)
+
+
+def _overlapping(texts, renderer):
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    return [(a.get_text(), b.get_text()) for i, (a, ba) in enumerate(zip(texts, boxes))
+            for b, bb in zip(texts[i + 1:], boxes[i + 1:]) if ba.overlaps(bb)]
+
+
+def test_activation_curves_are_told_apart_and_clipped_ones_are_marked(figures, tmp_path):
+    from search import plots
+
+    big = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 3.0})
+    conf = _confirmations({1: 0.860, 2: 0.845, 3: 0.858}) + _confirm("trial_8", big, {1: 0.85, 2: 0.85, 3: 0.85})
+    rows = build_leaderboard(_records() + [_trial(8, big, 0.8)], conf)
+    drawn = plots.plot_activations(tmp_path / "a.png", rows)
+    styles = [v["style"] for v in drawn.values()]
+    assert len(styles) == len(set(styles)) == 6  # gelu, relu and 4 candidates, each its own line and marker
+    # trial_4 and crrelu share a formula: their legend entries differ by their coefficients
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert any("trial_4" in t and "eps -0.3->-0.25" in t for t in legend)
+    assert any("crrelu" in t and "eps 0.01->0.02" in t for t in legend)
+    # f'(0) = 4 and f(-1) = -1.82 leave the axes; gelu stays inside both
+    assert drawn["trial_8"]["clipped"] == ["f(x)", "f'(x)"] and not drawn["gelu"]["clipped"]
+    d_legend = [t.get_text() for t in figures[0].axes[1].get_legend().get_texts()]
+    assert any("clipped" in t for t in d_legend)
+
+
+def test_zero_cost_plots_the_quantities_whose_tau_it_prints(figures, tmp_path):
+    from scipy.stats import kendalltau
+
+    from search import plots
+
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    plots.plot_zero_cost(tmp_path / "z.png", rows)
+    ax = figures[0].axes[0]
+    xy = ax.collections[0].get_offsets()
+    tau = kendalltau(xy[:, 0], xy[:, 1]).statistic
+    assert f"{tau:+.2f}" in ax.get_title() and "-H" in ax.get_xlabel()
+    assert sorted(xy[:, 0]) == pytest.approx(sorted(-r["output_entropy"] for r in rows))
+
+
+def test_point_labels_never_overprint(figures, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from search import plots
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(0, 0.01, 14), rng.normal(0, 0.01, 14)  # a crowd: not every label fits
+    ax.scatter(xs, ys)
+    ax.set_xlim(-0.2, 0.2)
+    ax.set_ylim(-0.2, 0.2)
+    labels = [f"trial_{i}" for i in range(14)]
+    placed = plots.place_labels(ax, xs, ys, labels)
+    renderer = fig.canvas.get_renderer()
+    assert placed and not _overlapping(placed, renderer)
+    left_out = [t.get_text() for t in fig.texts]
+    assert len(placed) == 14 or (left_out and all(f"trial_{i}" in left_out[0] for i in range(14)
+                                                  if all(p.get_text() != f"trial_{i}" for p in placed)))
+    plt.close(fig)

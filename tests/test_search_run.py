@@ -84,15 +84,23 @@ def test_a_search_writes_the_leaderboard_best_json_and_plots_with_every_baseline
     assert best["study"] == STUDY and best["label"] == rows[0]["label"]
     assert spaces.Candidate.from_dict(best["candidate"]).fingerprint == best["fingerprint"]
     assert best["confirmed"]["metric"] == "test_acc" and best["confirmed"]["n_seeds"] == 2
+    # the resolved device and precision, never "auto", in best.json and in every record
+    assert (best["task"]["device"], best["task"]["precision"]) == ("cpu", "fp32")
+    assert best["hardware"]["devices"] == ["cpu"] and best["hardware"]["precisions"] == ["fp32"]
     assert best["confirmed"]["seeds"] == [1, 2]  # fresh seeds, never the search seed 0
-    assert set(best["vs_gelu"]) == {"mean_diff", "ci_low", "ci_high", "beats_gelu"}
+    assert {"mean_diff", "ci_low", "ci_high", "p_holm", "beats_gelu", "decision"} <= set(best["vs_gelu"])
     assert best["task"]["epochs"] == 1 and best["task"]["train_size"] == 300
     assert best["search"] == {"backend": "optuna", "n_trials": 6, "sampler": "tpe"}
     assert {"python", "torch", "timm", "optuna", "sympy", "numpy"} <= set(best["versions"])
 
-    lines = (study_dir / "confirm.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in (study_dir / "confirm.jsonl").read_text().splitlines()]
     n_top = sum(1 for r in confirmed.values() if r["label"] not in spaces.BASELINES)
     assert len(lines) == (n_top + 4) * 2
+    assert all(r["pid"] and r["node"] and r["device"] == "cpu" and r["precision"] == "fp32" for r in lines)
+    trials = json.loads((study_dir / "trials.json").read_text())
+    assert all(t["device"] == "cpu" and t["precision"] == "fp32" for t in trials if t["duplicate_of"] is None)
+    assert not (study_dir / "confirm_checkpoints").exists() or \
+        not list((study_dir / "confirm_checkpoints").iterdir())  # finished runs leave no checkpoint
     assert SearchConfig.load(study_dir / "config.json").trials == 6
 
 
@@ -154,7 +162,7 @@ BAD = {
     "zero timeout": (["--timeout", "0"], "--timeout"),
     "one confirmation seed": (["--confirm-seeds", "1"], "--confirm-seeds"),
     "train set larger than the data": (["--train-size", "70000"], "train_size"),
-    "test set larger than the data": (["--test-size", "20000"], "--test-size"),
+    "test set larger than the data": (["--test-size", "20000"], "test_size=20000"),
     "unknown sampler": (["--sampler", "cmaes"], "--sampler"),
     "unreachable storage folder": (["--storage", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     "not a storage url": (["--storage", "not a url"], "not a database URL"),
@@ -164,6 +172,13 @@ BAD = {
     "corrupt config.json": (["--study", "badconfig"], "not a readable config"),
     "other settings than the study's": (["--epochs", "1"], "was run with epochs=3"),
     "missing data root": (["--data-root", "/nonexistent/data"], "Fashion-MNIST not found"),
+    "unknown baseline": (["--baselines", "gelu,nope"], "valid names: " + ", ".join(spaces.list_activations())),
+    "baselines without gelu": (["--baselines", "relu,silu"], "must include gelu"),
+    "a baseline twice": (["--baselines", "gelu,relu,relu"], "relu named twice"),
+    "gpus reserved for a cpu run": (["--device", "cpu", "--gpus-per-trial", "1"], "does not use"),
+    "ray: cuda without a gpu per trial": (["--backend", "ray", "--device", "cuda"], "--gpus-per-trial > 0"),
+    "ray: a numbered cuda device": (["--backend", "ray", "--device", "cuda:1", "--gpus-per-trial", "1"],
+                                    "use --device cuda"),
 }
 
 
@@ -245,7 +260,7 @@ def _search_only(argv):
     """What `main(argv)` does before confirmation: validate, then run the backend."""
     config = run.config_from_args(run.build_parser().parse_args(argv))
     space, task, backend = run.prepare(config)
-    return backend(config, space, task, config.study_dir)
+    return backend.search(config, space, task, config.study_dir)
 
 
 def test_a_run_killed_mid_trial_loses_nothing_and_its_trial_is_retried(tmp_path):
@@ -323,12 +338,33 @@ def test_ctrl_c_saves_the_partial_leaderboard_and_says_how_to_resume(tmp_path):
 
 
 def test_a_study_that_is_running_elsewhere_is_not_run_twice(existing_runs, capsys):
-    lock = run._acquire_lock(existing_runs / STUDY)  # as another process would hold it
+    """The study lock is a filelock lock, held by another process here (the OS drops it when
+    that process dies, even on SIGKILL)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from search import lock; held = lock.acquire(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(existing_runs / STUDY)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
         before = _snapshot(existing_runs)
         assert run.main(["--runs-dir", str(existing_runs), "--epochs", "3"]) == 2
         err = capsys.readouterr().err
-        assert "being run by another process" in err and len(err.strip().splitlines()) == 1
+        assert "being run by another process" in err and f"pid {holder.pid}" in err
+        assert len(err.strip().splitlines()) == 1
         assert _snapshot(existing_runs) == before
     finally:
-        lock.close()
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed): its lock went with it
+    from search import lock
+    assert lock.holder(existing_runs / STUDY) is None
+
+
+def test_trials_that_only_hold_the_baselines_warn_that_nothing_is_searched(tmp_path, capsys):
+    argv = ["--train-size", "64", "--val-size", "50", "--test-size", "100", "--epochs", "1", "--trials", "4",
+            "--confirm-seeds", "2", "--runs-dir", str(tmp_path)]
+    assert run.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--trials 4 holds only the 4 baselines: nothing will be searched" in err
+    rows = json.loads((tmp_path / STUDY / "leaderboard.json").read_text())
+    assert {r["label"] for r in rows} == set(spaces.BASELINES)
