@@ -513,14 +513,5 @@ def wafbc(lower, upper, sigma: float = 1.0) -> sp.Expr:
     return lo + (up - lo) * (1 + sp.erf(X / (sp.sqrt(2) * s))) / 2
 
 
-def __getattr__(name):
-    # The corrections moved to spaces.correction; spaces.eafo.correction still finds them.
-    if name == "correction":
-        from spaces.correction import correction
-
-        return correction
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["output_entropy", "output_law", "OutputLaw", "negentropy", "atom_mass",
            "wafbc_distance", "gaussian_entropy", "wafbc", "BIN_WIDTH", "GRID_CELLS"]

@@ -226,4 +226,3 @@ def test_other_expressions():
         correction("relu", sigma=0)
     with pytest.raises(ValueError, match="not a function"):
         functional_gradient("gelu")
-    assert eafo.correction is correction  # the old home still finds it
