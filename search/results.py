@@ -408,7 +408,7 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     if plots:
         from search import plots as plots_mod
 
-        files += plots_mod.write_plots(study_dir, rows, records, metric)
+        files += plots_mod.write_plots(study_dir, rows, records, metric, mlp=mlp)
     return Summary(rows, best, text, files)
 
 
