@@ -10,7 +10,9 @@ every seed (no racing: a rank correlation needs every candidate's mean), so it
 runs on the study's backend (Ray workers included), and its runs are saved one
 by one in `<study>/transfer-<dataset>-<model>/confirm.jsonl`: a rerun resumes.
 
-The report puts the two tasks' results side by side and gives the Kendall tau
+The first task's column is the study's confirmation as it stands: a candidate
+that racing stopped has its mean over the seeds it got (3 at least), and `n`
+says how many. The report puts the two tasks' results side by side and gives the Kendall tau
 (scipy.stats.kendalltau, tau-b, with its two-sided p-value) between the two
 rankings, each ranked in its own metric's direction (accuracy: higher is better;
 bits per character: lower). It is printed and written as `transfer.json` and
