@@ -176,5 +176,14 @@ def write_report(study_dir: str | Path, rep: dict) -> str:
     return text
 
 
-__all__ = ["parse", "transfer_task", "folder", "run", "report", "format_report", "write_report",
-           "REPORT_JSON", "REPORT_TEXT"]
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_TEXT",
+    "folder",
+    "format_report",
+    "parse",
+    "report",
+    "run",
+    "transfer_task",
+    "write_report",
+]

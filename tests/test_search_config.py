@@ -144,12 +144,10 @@ def test_the_text_track_gets_its_own_model_and_sizes_and_explicit_values_stay():
 
 def test_the_image_datasets_the_config_knows_without_torch_are_evaluators_image_datasets():
     from evaluators.data import DATASETS
-
+    from evaluators.models import MLPS as EVALUATOR_MLPS
     from search.config import IMAGE_DATASETS, MLPS
 
     assert set(IMAGE_DATASETS) == set(DATASETS)
-    from evaluators.models import MLPS as EVALUATOR_MLPS
-
     assert tuple(MLPS) == tuple(EVALUATOR_MLPS)
 
 
