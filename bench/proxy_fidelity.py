@@ -21,6 +21,18 @@ It reports:
     PYTHONPATH=. python bench/proxy_fidelity.py --budget 1 --factor 2 --seeds 1 \\
         --train-size 500 --val-size 500 --activations relu,gelu-eafo   # smoke run, ~1 min
 
+The language-model track (issue 21): `--dataset shakespeare --model gpt-nano` trains the
+same 12 activations on the character GPT with the text recipe (evaluators.task.TEXT_DEFAULTS:
+2,048 sequences of 64 characters per epoch, batch 32, lr 5e-3), scored by validation bits
+per character, lower is better. Every ranking is then read in the metric's direction (the
+means enter the taus multiplied by -1), the measured sigma and the gradient norm are taken
+on the GPT (text batches), and `--compare-with` (default: bench/results/proxy_fidelity_cpu.json,
+the image track's result) adds the Kendall tau between the LM ranking and the image one over
+the activations both measured:
+
+    PYTHONPATH=. python bench/proxy_fidelity.py --dataset shakespeare --model gpt-nano --budget 2 \\
+        --out bench/out/proxy_fidelity_lm.json                   # 12 x 3 seeds x (2 + 8) epochs
+
 Resumable: each finished (activation, budget, seed) is written to
 <out without .json>.trials/<activation>__B<budget>__s<seed>.json; a rerun with the same
 task settings reads it back instead of training again. Prints a markdown table, then
@@ -48,6 +60,7 @@ from scipy.stats import bootstrap, kendalltau  # noqa: E402
 
 import spaces  # noqa: E402
 from evaluators import ProxyTask, entropy_score, grad_norm_score, preactivation_std  # noqa: E402
+from evaluators.data import dataset_kind  # noqa: E402
 from spaces.correction import correction  # noqa: E402
 
 ASCENT_EPS = 0.01    # the paper's CRReLU init, learnable: as in the first measurement
@@ -114,6 +127,79 @@ def rank_agreement(scores: list[float], reference: list[float], seed: int = 0) -
     return out
 
 
+def text_preactivation_sigma(task: ProxyTask, seed: int = 0, batches: int = 4) -> dict:
+    """The GPT's pre-activation std at init, as evaluators.preactivation_std measures a ViT's
+    (which reads images only): GELU in every MLP, the model seeded with `seed`, `batches`
+    training batches in train mode without gradients, the root mean square over the
+    activation inputs of every layer. {"sigma", "mean", "model", "dataset", "n_sequences"}."""
+    gelu = spaces.get_activation("gelu")
+    data = task.load_split("val", task.resolve_device())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = task.build(gelu.candidate, data)
+    act_type = type(next(m for m in net.modules() if type(m).__name__ == gelu.candidate.module_class().__name__))
+    sums = [0.0, 0.0, 0.0]
+
+    def record(module, inputs):
+        x = inputs[0].detach().double()
+        sums[0] += x.numel()
+        sums[1] += float(x.sum())
+        sums[2] += float((x * x).sum())
+
+    handles = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, act_type)]
+    net.train()
+    gen = torch.Generator(device=data.train.device).manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for i, (xb, _) in enumerate(data.batches(task.batch_size, gen)):
+                if i == batches:
+                    break
+                net(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    n, total, squares = sums
+    return {"sigma": math.sqrt(squares / n), "mean": total / n, "model": task.model, "dataset": task.dataset,
+            "n_sequences": batches * task.batch_size, "layers": len(handles)}
+
+
+def text_grad_norm(cand, task: ProxyTask, seed: int = 0) -> float:
+    """evaluators.grad_norm_score for a language model: the sum of the per-tensor gradient
+    norms at init on the seed's first training batch (next-character cross-entropy)."""
+    import torch.nn.functional as F
+
+    if task.sanity and spaces.sanity_check(cand) is not None:
+        return math.nan
+    data = task.load_split("val", task.resolve_device())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = task.build(cand, data)
+        model.train()
+        gen = torch.Generator(device=data.train.device).manual_seed(seed * 1_000_003)  # epoch 0's order
+        xb, yb = next(data.batches(task.batch_size, gen))
+        logits = model(xb)
+        F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten()).backward()
+        score = sum(float(p.grad.detach().float().norm()) for p in model.parameters() if p.grad is not None)
+    return score
+
+
+def compare_tracks(rows: dict, metric, long_: int, path: Path) -> dict | None:
+    """Kendall tau between this run's ranking (at its long budget, in its metric's direction)
+    and another run's (its own long budget and direction), over the activations both have.
+    None when `path` does not exist."""
+    if not path.is_file():
+        return None
+    other = json.loads(path.read_text())
+    o_long = max(other["budgets"])
+    o_sign = -1.0 if other.get("metric", {}).get("direction") == "minimize" else 1.0
+    common = [n for n in rows if n in other["activations"]]
+    mine = [metric.sign * rows[n][f"mean@{long_}"] for n in common]
+    theirs = [o_sign * (other["activations"][n].get(f"mean@{o_long}") or math.nan) for n in common]
+    task = other.get("task", {})
+    return {"path": str(path), "other": f"{task.get('dataset')}/{task.get('model')} at {o_long} epochs",
+            "activations": common, **rank_agreement(mine, theirs)}
+
+
 def _trial_path(trials_dir: Path, name: str, budget: int, seed: int) -> Path:
     safe = name.replace("+", "_plus_").replace("-", "_minus_")
     return trials_dir / f"{safe}__B{budget}__s{seed}.json"
@@ -150,40 +236,58 @@ def main(argv=None) -> dict:
     ap.add_argument("--correction-sigma", default="measured",
                     help="input std the EAFO corrections assume: 'measured' (the model's "
                          "pre-activation std at init) or a number (1 is the paper's)")
-    ap.add_argument("--train-size", type=int, default=10_000)
-    ap.add_argument("--val-size", type=int, default=5_000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--model", default="vit-nano")
+    # None: the track's default (images: 10,000 / 5,000 / 128 / vit-nano; text: TEXT_DEFAULTS)
+    ap.add_argument("--train-size", type=int, default=None)
+    ap.add_argument("--val-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--model", default=None)
     ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--compare-with", default="bench/results/proxy_fidelity_cpu.json",
+                    help="text track: another run's JSON (the image track's) to compare rankings with")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default="bench/out/proxy_fidelity.json")
     args = ap.parse_args(argv)
 
-    task = ProxyTask(dataset=args.dataset, model=args.model, epochs=args.budget, train_size=args.train_size,
-                     val_size=args.val_size, batch_size=args.batch_size, device=args.device,
-                     num_threads=args.threads, data_root=args.data_root)
-    pre = preactivation_std(args.model, args.dataset, data_root=args.data_root)
-    sigma = pre.sigma if args.correction_sigma == "measured" else float(args.correction_sigma)
+    text = dataset_kind(args.dataset) == "text"
+    if text:  # the text recipe, with what was given on the command line over it
+        given = {k: v for k, v in (("model", args.model), ("train_size", args.train_size),
+                                   ("val_size", args.val_size), ("batch_size", args.batch_size)) if v is not None}
+        task = ProxyTask.for_dataset(args.dataset, **given, epochs=args.budget, device=args.device,
+                                     num_threads=args.threads, data_root=args.data_root)
+        pre = text_preactivation_sigma(task)
+        pre_sigma, pre_dict = pre["sigma"], pre
+    else:  # the image track exactly as it always ran (its per-trial files stay valid)
+        args.model = args.model or "vit-nano"
+        task = ProxyTask(dataset=args.dataset, model=args.model, epochs=args.budget,
+                         train_size=args.train_size or 10_000, val_size=args.val_size or 5_000,
+                         batch_size=args.batch_size or 128, device=args.device,
+                         num_threads=args.threads, data_root=args.data_root)
+        pre = preactivation_std(args.model, args.dataset, data_root=args.data_root)
+        pre_sigma, pre_dict = pre.sigma, pre.to_dict()
+    args.model = task.model
+    metric = task.metric
+    sigma = pre_sigma if args.correction_sigma == "measured" else float(args.correction_sigma)
     budgets = sorted({args.budget, args.factor * args.budget})
     short, long_ = budgets[0], budgets[-1]
     names = [n.strip() for n in args.activations.split(",") if n.strip()]
     acts = {n: activation(n, sigma) for n in names}
     out_path = Path(args.out) if args.out else Path("bench/out/proxy_fidelity.json")
     trials_dir = out_path.with_suffix(".trials")
-    print(f"sigma: measured {pre.sigma:.4f} on {args.model}; corrections at {sigma:.4g}",
+    print(f"sigma: measured {pre_sigma:.4f} on {args.model}; corrections at {sigma:.4g}",
           file=sys.stderr, flush=True)
 
     rows, trials = {}, []
     t_start = time.perf_counter()
     for name, (cand, origin) in acts.items():
         row = {"formula": cand.describe(), "origin": origin}
-        for s_label, s in (("1", 1.0), ("measured", pre.sigma)):
+        for s_label, s in (("1", 1.0), ("measured", pre_sigma)):
             zc = entropy_score(cand, s)
             for key in ("negentropy", "wafbc_distance", "atom_mass", "output_entropy"):
                 row[f"{key}@{s_label}"] = zc[key]
-        row["grad_norm"] = _mean_std([grad_norm_score(cand, task, seed=s) for s in range(args.seeds)])[0]
+        grad_norm = text_grad_norm if text else grad_norm_score
+        row["grad_norm"] = _mean_std([grad_norm(cand, task, seed=s) for s in range(args.seeds)])[0]
         for b in budgets:
             scores = []
             for seed in range(args.seeds):
@@ -199,9 +303,13 @@ def main(argv=None) -> dict:
         rows[name] = row
 
     order = list(rows)
-    reference = [rows[n][f"mean@{long_}"] for n in order]
+    # the scores in "higher is better" orientation (bits per character: negated), so that every
+    # tau below reads the same way whatever the metric
+    sign = metric.sign
+    reference = [sign * rows[n][f"mean@{long_}"] for n in order]
+    short_name = f"accuracy at {short} epochs" if sign > 0 else f"-{metric.title} at {short} epochs"
     features = {  # each read as "higher predicts better"
-        f"accuracy at {short} epochs": [rows[n][f"mean@{short}"] for n in order],
+        short_name: [sign * rows[n][f"mean@{short}"] for n in order],
         **{f"{key}@{s}": [rows[n][f"{key}@{s}"] for n in order]
            for s in ("1", "measured") for key in ("negentropy", "wafbc_distance", "atom_mass")},
         "-output_entropy@1 (the paper's)": [-rows[n]["output_entropy@1"] for n in order],
@@ -212,7 +320,8 @@ def main(argv=None) -> dict:
     out = {
         "budgets": budgets,
         "seeds": args.seeds,
-        "sigma": {"measured": pre.to_dict(), "corrections": sigma},
+        "sigma": {"measured": pre_dict, "corrections": sigma},
+        "metric": {"key": metric.key("val"), "direction": metric.direction, "title": metric.title},
         "activations": rows,
         "kendall_tau_vs_long": agreement,
         "task": task.to_dict(),
@@ -221,14 +330,17 @@ def main(argv=None) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
 
-    lines = [f"| activation | acc % @{short} ep | acc % @{long_} ep | negentropy (sigma {pre.sigma:.3f}) "
+    if text and short != long_:
+        out["vs_other_track"] = compare_tracks(rows, metric, long_, Path(args.compare_with))
+    unit, scale = ("acc %", 100) if sign > 0 else ("bpc", 1)
+    lines = [f"| activation | {unit} @{short} ep | {unit} @{long_} ep | negentropy (sigma {pre_sigma:.3f}) "
              "| negentropy (sigma 1) | WAFBC dist (1) | atom mass | -H (1) | grad-norm |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for n in sorted(order, key=lambda n: -rows[n][f"mean@{long_}"] if math.isfinite(rows[n][f"mean@{long_}"])
-                    else math.inf):
+    for n in sorted(order, key=lambda n: -sign * rows[n][f"mean@{long_}"] if math.isfinite(rows[n][f"mean@{long_}"])
+                    else math.inf):  # best first, in the metric's direction
         r = rows[n]
-        lines.append(f"| {n} | {_fmt(r[f'mean@{short}'], r[f'std@{short}'])} | "
-                     f"{_fmt(r[f'mean@{long_}'], r[f'std@{long_}'])} | {r['negentropy@measured']:.3f} | "
+        lines.append(f"| {n} | {_fmt(r[f'mean@{short}'], r[f'std@{short}'], scale)} | "
+                     f"{_fmt(r[f'mean@{long_}'], r[f'std@{long_}'], scale)} | {r['negentropy@measured']:.3f} | "
                      f"{r['negentropy@1']:.3f} | {r['wafbc_distance@1']:.3f} | {r['atom_mass@1']:.2f} | "
                      f"{-r['output_entropy@1']:.3f} | {r['grad_norm']:.3g} |")
     if agreement:
@@ -239,6 +351,12 @@ def main(argv=None) -> dict:
             tau = "n/a" if v["tau"] is None else f"{v['tau']:+.2f}"
             p = "n/a" if v["p"] is None else f"{v['p']:.3f}"
             lines.append(f"| {k} | {tau} | {p} | {ci} | {v['n']} |")
+    other = out.get("vs_other_track")
+    if other and other["tau"] is not None:
+        lines += ["", f"Ranking at {long_} epochs ({metric.title}) vs {other['other']} ({other['path']}): "
+                      f"Kendall tau {other['tau']:+.2f} (p = {other['p']:.3f}, 95% bootstrap CI "
+                      + ("n/a" if other["ci95"] is None else f"[{other['ci95'][0]:+.2f}, {other['ci95'][1]:+.2f}]")
+                      + f", n = {other['n']})"]
     print("\n".join(lines))
     print(json.dumps(_finite(out), indent=2, allow_nan=False))
     if args.out:
@@ -246,8 +364,9 @@ def main(argv=None) -> dict:
     return out
 
 
-def _fmt(m: float, s: float) -> str:
-    return "n/a" if not math.isfinite(m) else f"{100 * m:.2f} ± {100 * s:.2f}"
+def _fmt(m: float, s: float, scale: float = 100) -> str:
+    digits = 2 if scale >= 100 else 3
+    return "n/a" if not math.isfinite(m) else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
 def _finite(v):

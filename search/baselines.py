@@ -12,6 +12,9 @@ from search.exceptions import UsageError
 
 DEFAULT = ("gelu", "relu", "silu", "crrelu")
 REFERENCE = "gelu"  # every candidate's improvement is measured against it
+# A gated MLP is named after its gate's activation (Shazeer 2020, "GLU Variants Improve
+# Transformer"): GLU is the sigmoid gate, Bilinear the identity.
+GLU_NAMES = {"gelu": "GEGLU", "silu": "SwiGLU", "relu": "ReGLU", "sigmoid": "GLU", "identity": "Bilinear"}
 
 
 def parse_names(text: str) -> list[str]:
@@ -41,6 +44,20 @@ def check(names) -> list[str]:
     return names
 
 
+def display_name(label: str, mlp: str = "plain") -> str:
+    """What a leaderboard row is called in a model whose MLPs are `mlp`: its label in a plain
+    MLP; in a gated one (mlp "glu"), a baseline takes Shazeer's name (GEGLU, SwiGLU, ReGLU)
+    or `<label>-glu`. Searched candidates (`trial_<n>`) keep their label: the whole study is gated."""
+    if mlp != "glu" or (label.startswith("trial_") and label[6:].isdigit()):
+        return label
+    return GLU_NAMES.get(label, f"{label}-glu")
+
+
+def reference_name(mlp: str = "plain") -> str:
+    """The reference as tables and verdicts name it: GELU, or GEGLU in a gated MLP."""
+    return GLU_NAMES[REFERENCE] if mlp == "glu" else REFERENCE.upper()
+
+
 def resolve(names) -> dict:
     """{name: spaces.Candidate} in the given order (checked first)."""
     import spaces
@@ -48,4 +65,5 @@ def resolve(names) -> dict:
     return {n: spaces.get_activation(n).candidate for n in check(names)}
 
 
-__all__ = ["DEFAULT", "REFERENCE", "parse_names", "valid_names", "check", "resolve"]
+__all__ = ["DEFAULT", "REFERENCE", "GLU_NAMES", "parse_names", "valid_names", "check", "resolve", "display_name",
+           "reference_name"]

@@ -3,6 +3,11 @@
 Every CLI option is one field here, with its unit and the reason for its
 default. The resolved config is saved as `config.json` beside the results;
 loading one rejects unknown keys, so a typo cannot be silently dropped.
+
+The task's model and sizes depend on the kind of dataset: left unset (None),
+they are filled from `track_defaults(dataset)` when the config is made, so
+`--dataset shakespeare` alone gets the language-model track's gpt-nano and
+sizes, and config.json always holds the values that ran.
 """
 from __future__ import annotations
 
@@ -21,14 +26,19 @@ from search.records import DictRecord
 class SearchConfig(DictRecord):
     # ---- what is searched, on which task --------------------------------------
     space: str = "eafo_default"     # a name from spaces.list_spaces()
-    dataset: str = "fashion_mnist"  # embedded default task: Debian's dataset-fashion-mnist
-    model: str = "vit-nano"         # 139k-parameter ViT, about 4 s per 10k images on 2 CPU cores
-    epochs: int = 3                 # per trial (and per confirmation run): enough to separate
-                                    # activations on Fashion-MNIST, short enough for 2 cores
-    train_size: int = 5000          # training images per trial (stratified subset)
-    val_size: int = 2000            # validation images carved from the training set: the search metric
-    test_size: int | None = None    # official test images scoring confirmation (None: all, 10,000 for
-                                    # Fashion-MNIST: 0.36 pp sampling error at 85 %)
+    dataset: str = "fashion_mnist"  # embedded default task: Debian's dataset-fashion-mnist;
+                                    # shakespeare: the language-model track (evaluators.text)
+    # model, epochs and the sizes: None takes track_defaults(dataset) (IMAGE_DEFAULTS or the
+    # text track's evaluators.task.TEXT_DEFAULTS), filled in when the config is made
+    model: str | None = None        # images: vit-nano; text: gpt-nano (evaluators.list_models())
+    mlp: str = "plain"              # plain | glu: the candidate gates a gated MLP, act(x W) * (x V)
+                                    # (transformers; SwiGLU with silu, GEGLU with gelu)
+    epochs: int | None = None       # per trial (and per confirmation run)
+    train_size: int | None = None   # images per trial (stratified subset); text: sequences per epoch
+    val_size: int | None = None     # validation images carved from the training set: the search metric;
+                                    # text: characters scored on the validation part
+    test_size: int | None = None    # test images (text: characters) scoring confirmation (None for
+                                    # images: all, 10,000 for Fashion-MNIST: 0.36 pp sampling error at 85 %)
     seed: int = 0                   # seeds the sampler and every search trial's training;
                                     # confirmation uses seed+1 .. seed+confirm_seeds
     # ---- how much search ------------------------------------------------------
@@ -49,6 +59,10 @@ class SearchConfig(DictRecord):
     confirm_seeds: int = 3          # most fresh seeds per confirmed candidate, scored on the test split
     racing: bool = True             # seeds in rounds (3, 5, 8, 10, ...), only to candidates still ahead
                                     # of GELU (search.racing); False: every candidate on every seed
+    transfer_to: str | None = None  # "DATASET:MODEL" (search.transfer): after confirmation, train the
+                                    # confirmed candidates on this second task over the same seeds
+    transfer_set: dict = field(default_factory=dict)  # ProxyTask settings of the transfer task over
+                                    # its track's defaults, e.g. {"epochs": 2} (--transfer-set KEY=VALUE)
     # ---- where results go -------------------------------------------------------
     study: str | None = None        # study name (None: "<space>-<dataset>-<model>")
     runs_dir: str = "runs"          # results go to <runs_dir>/<study>/
@@ -68,9 +82,17 @@ class SearchConfig(DictRecord):
     max_concurrent: int | None = None  # Ray trials at once (None: as many as resources allow)
 
     # ------------------------------------------------------------------------------
+    def __post_init__(self):
+        unset = [k for k in TRACK_KEYS if getattr(self, k) is None]
+        if unset:  # test_size None stays "all" for images, whose default it is
+            defaults = track_defaults(self.dataset)
+            for k in unset:
+                setattr(self, k, defaults[k])
+
     @property
     def study_name(self) -> str:
-        return self.study or f"{self.space}-{self.dataset}-{self.model}"
+        glu = "-glu" if self.mlp == "glu" else ""
+        return self.study or f"{self.space}-{self.dataset}-{self.model}{glu}"
 
     @property
     def study_dir(self) -> Path:
@@ -111,7 +133,8 @@ class SearchConfig(DictRecord):
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
-        for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("backend", BACKEND_NAMES)):
+        for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("backend", BACKEND_NAMES),
+                            ("mlp", MLPS)):
             if getattr(self, name) not in valid:
                 raise UsageError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
         if not (self.cpus_per_trial > 0 and math.isfinite(self.cpus_per_trial)):
@@ -127,6 +150,14 @@ class SearchConfig(DictRecord):
             raise UsageError("--runs-dir must not be empty")
         if not isinstance(self.baselines, list) or not all(isinstance(b, str) for b in self.baselines):
             raise UsageError(f"--baselines must be a list of activation names, got {self.baselines!r}")
+        if not isinstance(self.transfer_set, dict):
+            raise UsageError(f"--transfer-set must be KEY=VALUE settings, got {self.transfer_set!r}")
+        if self.transfer_to is not None:
+            from search.transfer import parse
+
+            parse(self.transfer_to)  # UsageError for a malformed DATASET:MODEL
+        if self.transfer_set and not self.transfer_to:
+            raise UsageError("--transfer-set sets the transfer task: it needs --transfer-to DATASET:MODEL")
         return self
 
     # ---- config.json (to_dict, from_dict: DictRecord) ---------------------------------
@@ -150,9 +181,38 @@ class SearchConfig(DictRecord):
                 if getattr(saved, k) != getattr(self, k)]
 
 
-# Fields whose change would make a study's earlier results incomparable with new ones.
-STUDY_KEYS = ("space", "dataset", "model", "epochs", "train_size", "val_size", "test_size", "seed")
+# The search's task settings for image datasets: a budget for 2 CPU cores (vit-nano, a 139k-
+# parameter ViT, about 4 s per 10k images on 2 cores; 3 epochs are enough to separate
+# activations on Fashion-MNIST). Text datasets take evaluators.task.TEXT_DEFAULTS'.
+IMAGE_DEFAULTS = {"model": "vit-nano", "epochs": 3, "train_size": 5000, "val_size": 2000, "test_size": None}
+TRACK_KEYS = tuple(IMAGE_DEFAULTS)
+
+
+# The image datasets (evaluators.data.DATASETS, kept equal by tests/test_search_config.py):
+# the default path knows them without importing evaluators, hence torch, so --help and a
+# usage error stay instant. Any other name is looked up in evaluators (unknown: ValueError).
+IMAGE_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+
+
+def track_defaults(dataset: str) -> dict:
+    """The search's model and sizes for `dataset` (its kind: image or text); ValueError
+    naming the valid datasets for an unknown one."""
+    if dataset in IMAGE_DATASETS:
+        return dict(IMAGE_DEFAULTS)
+    from evaluators.data import dataset_kind
+
+    if dataset_kind(dataset) == "text":
+        from evaluators.task import TEXT_DEFAULTS
+
+        return {k: TEXT_DEFAULTS[k] for k in TRACK_KEYS}
+    return dict(IMAGE_DEFAULTS)
+
+
+# Fields whose change would make a study's earlier results incomparable with new ones
+# (the dataset's kind comes with the dataset).
+STUDY_KEYS = ("space", "dataset", "model", "mlp", "epochs", "train_size", "val_size", "test_size", "seed")
 SAMPLERS = ("tpe", "gp", "random")
+MLPS = ("plain", "glu")  # evaluators.models.MLPS, spelled here so that validate imports no torch
 PRUNERS = ("none", "median", "hyperband")
 BACKEND_NAMES = ("optuna", "ray")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

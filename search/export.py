@@ -172,7 +172,10 @@ def _scores(d: dict | None, where: str) -> dict | None:
     if d is None:
         return None
     d = _dict(d, where)
-    out = {"metric": _text(d.get("metric", "score"), f"{where}.metric"),
+    direction = d.get("direction", "maximize")  # a best.json from before the LM track: accuracy
+    if direction not in ("maximize", "minimize"):
+        raise UsageError(f"{where}.direction: {ascii(direction)[:40]} is not maximize or minimize")
+    out = {"metric": _text(d.get("metric", "score"), f"{where}.metric"), "direction": direction,
            "mean": _number(d.get("mean"), f"{where}.mean", optional=True),
            "std": _number(d.get("std"), f"{where}.std", optional=True),
            "n_seeds": _int(d.get("n_seeds", 0), f"{where}.n_seeds")}
@@ -354,14 +357,15 @@ def _docstring(e: dict, name: str, cls: str, values: dict, learned: bool, export
         lines.append("confirmed: not confirmed")
     else:
         seeds = f" (seeds {', '.join(map(str, s['seeds']))})" if s.get("seeds") else ""
-        lines.append(f"confirmed {s['metric']}: {_fmt(s['mean'])} +/- {_fmt(s['std'])} "
+        better = "lower" if s.get("direction") == "minimize" else "higher"
+        lines.append(f"confirmed {s['metric']} ({better} is better): {_fmt(s['mean'])} +/- {_fmt(s['std'])} "
                      f"(mean +/- std over {s['n_seeds']} seeds){seeds}")
         if s.get("per_seed"):
             lines.append("per seed: " + ", ".join(_fmt(v) for v in s["per_seed"]))
     g = e["vs_gelu"]
     if g:
         verdict = {True: "beats GELU", False: "does not beat GELU", None: "n/a"}[g["beats_gelu"]]
-        lines.append(f"vs GELU: mean difference {_fmt(g['mean_diff'], '+.4f')}, 95% CI "
+        lines.append(f"vs GELU: mean improvement {_fmt(g['mean_diff'], '+.4f')} (+ is better), Holm CI "
                      f"[{_fmt(g['ci_low'], '+.4f')}, {_fmt(g['ci_high'], '+.4f')}]: {verdict}")
     for title, d in (("task", e["task"]), ("search", e["search"])):
         summary = _summary(d, title)

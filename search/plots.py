@@ -25,6 +25,7 @@ import numpy as np
 
 from evaluators.metrics import ACCURACY, Metric
 from search.atomic import atomic_path
+from search.baselines import display_name
 from search.records import TrialRecord
 
 TOP_N = 4                      # activations drawn besides the references
@@ -39,13 +40,15 @@ _OFFSETS = [(dx * r, dy * r) for r in (5, 12) for dx, dy in ((1, 1), (1, -1.6), 
 
 
 def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialRecord],
-                metric: Metric = ACCURACY) -> list[str]:
+                metric: Metric = ACCURACY, mlp: str = "plain") -> list[str]:
+    """mlp "glu": the study's activations gate gated MLPs, so the references are drawn
+    as GEGLU and ReGLU and every row under its display name (search.baselines)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     study_dir = Path(study_dir)
-    plot_activations(study_dir / "activations.png", rows, metric)
-    plot_history(study_dir / "history.png", records, metric)
+    plot_activations(study_dir / "activations.png", rows, metric, mlp=mlp)
+    plot_history(study_dir / "history.png", records, metric, mlp=mlp)
     plot_zero_cost(study_dir / "zero_cost.png", rows, metric)
     return ["activations.png", "history.png", "zero_cost.png"]
 
@@ -67,8 +70,10 @@ def _score_text(r: dict, metric: Metric) -> str:
     return f"search {fmt(r['search_score'], metric)}"
 
 
-def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURACY, top_n: int = TOP_N) -> dict:
-    """Draw the plot; return {label: {"style": (color, linestyle, marker), "clipped": [axes titles]}}."""
+def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURACY, top_n: int = TOP_N,
+                     mlp: str = "plain") -> dict:
+    """Draw the plot; return {label: {"style": (color, linestyle, marker), "clipped": [axes titles],
+    "name": the legend's name}}."""
     import matplotlib.pyplot as plt
     import spaces
 
@@ -80,7 +85,7 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
     curves = []
     for label in REFERENCES:
         f, d = _curves(spaces.BASELINES[label].to_dict(), {}, xs)
-        curves.append((label, label, f, d, dict(color="0.55" if label == "relu" else "0.2", lw=1.4,
+        curves.append((label, display_name(label, mlp), f, d, dict(color="0.55" if label == "relu" else "0.2", lw=1.4,
                                                 ls=":" if label == "relu" else "--")))
     for i, r in enumerate(chosen):
         try:
@@ -90,15 +95,16 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
             continue
         coefs = f" [{r['coefficients']}]" if r.get("coefficients") else ""
         formula = r["formula"] if len(r["formula"]) <= 45 else r["formula"][:42] + "..."
-        text = f"#{r['rank']} {r['label']} ({_score_text(r, metric)}): {formula}{coefs}"
+        text = f"#{r['rank']} {r.get('name', r['label'])} ({_score_text(r, metric)}): {formula}{coefs}"
         # own line style and marker, markers offset along x: coinciding curves stay visible
         style = dict(color=f"C{i}", lw=1.8, ls=LINE_STYLES[i % len(LINE_STYLES)],
                      marker=MARKERS[i % len(MARKERS)], markersize=5, markevery=(5 + 9 * i, 40))
         curves.append((r["label"], text, f, d, style))
     for label, text, f, d, style in curves:
-        drawn[label] = {"style": (style["color"], style["ls"], style.get("marker")), "clipped": []}
+        drawn[label] = {"style": (style["color"], style["ls"], style.get("marker")), "clipped": [],
+                        "name": display_name(label, mlp)}
         for ax, ys, lim, name in ((ax_f, f, F_LIM, "f(x)"), (ax_d, d, D_LIM, "f'(x)")):
-            ax.plot(xs, ys, label=text if ax is ax_f else label, **style)
+            ax.plot(xs, ys, label=text if ax is ax_f else display_name(label, mlp), **style)
             if _mark_clipped(ax, xs, np.asarray(ys, dtype=float), lim, style["color"]):
                 drawn[label]["clipped"].append(name)
     for ax, title, lim in ((ax_f, "f(x)", F_LIM), (ax_d, "f'(x)", D_LIM)):
@@ -113,7 +119,9 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
     # legends under the axes: they never cover a curve
     ax_f.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False)
     ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, ncol=2)
-    fig.suptitle(f"Top activations beside GELU and ReLU ({metric.key('test')} in brackets); "
+    refs = " and ".join(display_name(r, mlp) for r in REFERENCES) if mlp == "glu" else "GELU and ReLU"
+    gate = "; each is the gate of a gated MLP" if mlp == "glu" else ""
+    fig.suptitle(f"Top activations beside {refs} ({metric.key('test')} in brackets, {better(metric)}{gate}); "
                  "learnable coefficients: initial -> learned, mean over layers and seeds", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
@@ -133,7 +141,12 @@ def _mark_clipped(ax, xs: np.ndarray, ys: np.ndarray, lim: tuple[float, float], 
     return found
 
 
-def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = ACCURACY) -> None:
+def better(metric: Metric) -> str:
+    return f"{'lower' if metric.sign < 0 else 'higher'} is better"
+
+
+def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = ACCURACY,
+                 mlp: str = "plain") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -163,14 +176,14 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(f"validation {metric.title}")
+    ax.set_ylabel(f"validation {metric.title} ({better(metric)})")
     ax.set_title(f"Optimisation history ({len(ok)} scored of {len(records)} trials)")
     ax.grid(alpha=0.3)
     if ok or failed:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     if base:
-        place_labels(ax, [r.number for r in base], y(base), [r.baseline for r in base])
+        place_labels(ax, [r.number for r in base], y(base), [display_name(r.baseline, mlp) for r in base])
     _save(fig, path)
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from evaluators.metrics import ACCURACY, Metric
 from search.atomic import write_json, write_text
-from search.baselines import REFERENCE
+from search.baselines import REFERENCE, display_name, reference_name
 from search.records import ConfirmRecord, TrialRecord, finite_or_none, jsonable
 from search.stats import ALPHA, compare, mean_std
 
@@ -254,12 +254,14 @@ def fmt(v: float | None, metric: Metric, signed: bool = False) -> str:
 
 
 def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int = 44,
-                 max_unconfirmed: int = 5) -> str:
+                 max_unconfirmed: int = 5, reference: str = "GELU") -> str:
     """Rank, label, formula, coefficients, test score mean +- std (n seeds), improvement over
     GELU [Holm interval], search score. Every confirmed row, then at most `max_unconfirmed`
-    searched-only rows."""
+    searched-only rows. Rows are named by their "name" (search.baselines.display_name) if
+    they have one; `reference` is what the reference is called (GEGLU in a gated MLP)."""
+    arrow = "lower" if metric.sign < 0 else "higher"
     head = ["#", "label", "formula", "coefficients", f"test {metric.title} (seeds)",
-            f"vs GELU, {metric.unit} [Holm CI]", f"search {metric.title}"]
+            f"vs {reference}, {metric.unit}, + is better [Holm CI]", f"search {metric.title}"]
     lines = []
     shown_unconfirmed = 0
     for r in rows:
@@ -281,7 +283,7 @@ def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int =
             diff = fmt(r["mean_diff_vs_gelu"], metric, True) + (
                 f" [{fmt(r['ci_low'], metric, True)}, {fmt(r['ci_high'], metric, True)}]"
                 if r["ci_low"] is not None else " [n/a]") + (" *" if r["beats_gelu"] else "")
-        lines.append([str(r["rank"]), r["label"], formula, r.get("coefficients") or "-", score, diff,
+        lines.append([str(r["rank"]), r.get("name", r["label"]), formula, r.get("coefficients") or "-", score, diff,
                       fmt(r["search_score"], metric)])
     if not lines:
         return "(no scored candidates yet)"
@@ -292,6 +294,7 @@ def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int =
     n_more = sum(not r["confirmed"] for r in rows) - shown_unconfirmed
     if n_more:
         out.append(f"(+ {n_more} more searched, unconfirmed candidate(s) in leaderboard.csv)")
+    out.append(f"({metric.title}: {arrow} is better; ranked best first)")
     return "\n".join(out)
 
 
@@ -306,14 +309,17 @@ def simulated_error_and_power(n_candidates: int, n_seeds: int) -> tuple[float, f
     return null["fwer"], real["power"][0]
 
 
-def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY) -> str:
+def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY, reference: str = "GELU") -> str:
+    """The best confirmed candidate, the winner decision against the reference (named
+    `reference`: GEGLU in a gated MLP), racing, and the zero-cost check, in words."""
+    name = (lambda r: r.get("name", r["label"]))
     confirmed = [r for r in rows if r["confirmed"] and r["mean"] is not None]
     if not confirmed:
         return "No confirmed result yet" + (": this ranking is partial, on single-seed search scores."
                                             if not complete else ".")
     lines = []
     best = confirmed[0]
-    lines.append(f"Best confirmed: {best['label']} = {best['formula']}"
+    lines.append(f"Best confirmed: {name(best)} = {best['formula']}"
                  + (f" [{best['coefficients']}]" if best.get("coefficients") else "")
                  + f": test {metric.title} {fmt(best['mean'], metric)} ± {fmt(best['std'], metric)} "
                  f"over {best['n_seeds']} seed(s).")
@@ -321,31 +327,31 @@ def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY) -> str:
     compared = [r for r in rows if r["confirmed"] and r["label"] != REFERENCE]
     winners = [r for r in compared if r["beats_gelu"]]
     if gelu is None:
-        lines.append("GELU has no confirmed result, so nothing is compared with it.")
+        lines.append(f"{reference} has no confirmed result, so nothing is compared with it.")
     else:
         m = len(compared)
         n = max((r["n_pairs"] for r in compared), default=0)
         if not winners:
-            lines.append(f"No candidate beats GELU: none of the {m} one-sided paired t-tests against GELU "
+            lines.append(f"No candidate beats {reference}: none of the {m} one-sided paired t-tests against {reference} "
                          f"rejects \"no better\" once Holm-corrected ({ALPHA:.0%} familywise).")
         for r in winners:
-            lines.append(f"{r['label']} beats GELU by {fmt(r['mean_diff_vs_gelu'], metric, True)} {metric.unit} "
-                         f"(Holm CI [{fmt(r['ci_low'], metric, True)}, {fmt(r['ci_high'], metric, True)}], "
+            lines.append(f"{name(r)} beats {reference} by {fmt(r['mean_diff_vs_gelu'], metric, True)} {metric.unit} "
+                         f"({'lower' if metric.sign < 0 else 'higher'} {metric.title}; Holm CI [{fmt(r['ci_low'], metric, True)}, {fmt(r['ci_high'], metric, True)}], "
                          f"p = {r['p_holm']:.2g} Holm-adjusted, {r['n_pairs']} paired seeds).")
         if m and n >= 2:
             fwer, power = simulated_error_and_power(m, n)
             lines.append(f"What this decision means: with {m} candidates on {n} seeds, a study with no real "
                          f"winner names one {fwer:.1%} of the time, and a candidate {POWER_EFFECT:g} sd better "
-                         f"than GELU (sd: the seed-to-seed spread of the paired difference) is found "
+                         f"than {reference} (sd: the seed-to-seed spread of the paired difference) is found "
                          f"{power:.0%} of the time (simulated). CI: the same test's interval at its Holm level; "
                          "a claim is a lower end above 0.")
             if n < 10:
                 lines.append(f"With {n} seeds real improvements are mostly missed: use --confirm-seeds 10.")
     stopped = [r for r in confirmed if r.get("stopped_after")]
     if stopped:
-        lines.append("Racing stopped " + ", ".join(f"{r['label']} after {r['stopped_after']} seeds"
+        lines.append("Racing stopped " + ", ".join(f"{name(r)} after {r['stopped_after']} seeds"
                                                    for r in stopped)
-                     + " (behind GELU: they cannot be claimed, so they got no more seeds).")
+                     + f" (behind {reference}: they cannot be claimed, so they got no more seeds).")
     if not complete:
         lines.append("Confirmation is incomplete (interrupted): this ranking is partial.")
     agreement = zero_cost_agreement(rows)
@@ -377,7 +383,10 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     metric = metric or getattr(task, "metric", None) or ACCURACY
+    mlp = getattr(config, "mlp", "plain")
     rows = build_leaderboard(records, confirmations, metric, stopped)
+    for row in rows:  # what tables, verdicts and plots call it (GEGLU, SwiGLU in a gated MLP)
+        row["name"] = display_name(row["label"], mlp)
     files = []
 
     write_json(study_dir / "trials.json", [r.to_dict() for r in records])
@@ -392,13 +401,14 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
         write_json(study_dir / "best.json", best)
         files.append("best.json")
 
-    text = format_table(rows, metric) + "\n\n" + verdict(rows, complete, metric)
+    text = format_table(rows, metric, reference=reference_name(mlp)) + "\n\n" + verdict(
+        rows, complete, metric, reference=reference_name(mlp))
     write_text(study_dir / "summary.txt", text + "\n")
     files.append("summary.txt")
     if plots:
         from search import plots as plots_mod
 
-        files += plots_mod.write_plots(study_dir, rows, records, metric)
+        files += plots_mod.write_plots(study_dir, rows, records, metric, mlp=mlp)
     return Summary(rows, best, text, files)
 
 

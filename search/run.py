@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from search import lock
-from search.config import BACKEND_NAMES, PRUNERS, SAMPLERS, SearchConfig
+from search.config import BACKEND_NAMES, IMAGE_DEFAULTS, MLPS, PRUNERS, SAMPLERS, SearchConfig
 from search.exceptions import BackendUnavailable, SearchInterrupted, TooManyErrors, UsageError
 
 PROG = "python -m search.run"
@@ -144,6 +144,14 @@ corrected over every confirmed candidate, says so at 5 % familywise error; with
 3 seeds that finds real improvements rarely: use --confirm-seeds 10 for a claim
 (racing, on by default, stops candidates that trail GELU after 3 seeds).
 
+language models: --dataset shakespeare takes gpt-nano, 4 epochs of 2,048
+sequences of 64 characters, and scores validation bits per character (lower
+is better; tables, "vs GELU" and the decision follow the direction): about
+10 min on 2 idle CPU cores. --mlp glu makes the candidate the gate of a gated
+MLP (gelu is then shown as GEGLU, silu as SwiGLU). --transfer-to
+shakespeare:gpt-nano (or fashion_mnist:vit-nano) retrains the confirmed
+candidates on a second task and prints the Kendall tau between the rankings.
+
 on a GPU (--device cuda, or auto), scale the task up, e.g.:
   --train-size 50000 --val-size 10000 --epochs 15 --trials 100 \\
   --pruner hyperband --confirm-top 5 --confirm-seeds 10
@@ -151,7 +159,7 @@ or --model vit-tiny --dataset cifar10 for the paper's ViT-T on CIFAR-10.
 
 results go to <runs-dir>/<study>/: leaderboard.csv/.json, best.json,
 activations.png, history.png, zero_cost.png, summary.txt, trials.json, config.json,
-confirm.jsonl and (default storage) study.db. Watch a running search with
+confirm.jsonl, (--transfer-to) transfer.json/.txt and (default storage) study.db. Watch a running search with
   optuna-dashboard sqlite:///runs/<study>/study.db
 
 resume: run the same command again. Finished trials and confirmation runs are
@@ -172,19 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("what to search, on which task")
     g.add_argument("--space", default=d.space,
                    help=f"search space; the list is at the end of --help (default: {d.space})")
+    # model, epochs and sizes default to None: the config fills them per track (images or text)
     g.add_argument("--dataset", default=d.dataset,
-                   help=f"fashion_mnist | cifar10 | cifar100 (default: {d.dataset})")
-    g.add_argument("--model", default=d.model,
-                   help=f"proxy model: vit-nano | vit-tiny | deit-tiny | resnet-tiny (default: {d.model})")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs,
-                   help=f"training epochs per trial and per confirmation run (default: {d.epochs})")
-    g.add_argument("--train-size", type=_positive_int, default=d.train_size,
-                   help=f"training images per trial, stratified (default: {d.train_size})")
-    g.add_argument("--val-size", type=_positive_int, default=d.val_size,
-                   help=f"validation images carved from the training set; the search metric "
-                        f"(default: {d.val_size})")
-    g.add_argument("--test-size", type=_positive_int, default=d.test_size,
-                   help="official test images scoring the confirmation runs (default: all of them)")
+                   help=f"fashion_mnist | cifar10 | cifar100, or shakespeare for the language-model track "
+                        f"(default: {d.dataset})")
+    g.add_argument("--model", default=None,
+                   help=f"proxy model: vit-nano | vit-tiny | deit-tiny | resnet-tiny; text: gpt-nano | gpt-small "
+                        f"(default: {IMAGE_DEFAULTS['model']}; text: gpt-nano)")
+    g.add_argument("--mlp", choices=MLPS, default=d.mlp,
+                   help="plain, or glu: the candidate gates a gated MLP, act(xW) * (xV), at matched parameters; "
+                        f"silu is then shown as SwiGLU and gelu as GEGLU (default: {d.mlp})")
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"training epochs per trial and per confirmation run (default: {IMAGE_DEFAULTS['epochs']}; "
+                        "text: 4)")
+    g.add_argument("--train-size", type=_positive_int, default=None,
+                   help=f"training images per trial, stratified; text: sequences per epoch "
+                        f"(default: {IMAGE_DEFAULTS['train_size']}; text: 2048)")
+    g.add_argument("--val-size", type=_positive_int, default=None,
+                   help=f"validation images carved from the training set (text: characters of the validation "
+                        f"part); the search metric (default: {IMAGE_DEFAULTS['val_size']}; text: "
+                        "32768)")
+    g.add_argument("--test-size", type=_positive_int, default=None,
+                   help="test images (text: characters) scoring the confirmation runs (default: all of them; "
+                        "text: 65536)")
     g.add_argument("--seed", type=_nonneg_int, default=d.seed,
                    help=f"seeds the sampler and the search's training; confirmation uses seed+1.. "
                         f"(default: {d.seed})")
@@ -214,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--racing", action=argparse.BooleanOptionalAction, default=d.racing,
                    help="add seeds in rounds (3, 5, 8, 10, ...) only to candidates still ahead of GELU; "
                         "--no-racing gives every candidate every seed (default: racing)")
+    g.add_argument("--transfer-to", default=d.transfer_to, metavar="DATASET:MODEL",
+                   help="after confirmation, train the confirmed candidates and baselines on this second task "
+                        "over the same seeds and compare the two rankings (Kendall tau), e.g. "
+                        "shakespeare:gpt-nano or fashion_mnist:vit-nano (default: none)")
+    g.add_argument("--transfer-set", type=_setting, action="append", default=None, metavar="KEY=VALUE",
+                   help="a setting of the transfer task over its track's defaults, e.g. epochs=2 "
+                        "(repeatable; keys: evaluators.ProxyTask's fields)")
     g = p.add_argument_group("where results go")
     g.add_argument("--study", default=d.study,
                    help="study name (default: <space>-<dataset>-<model>)")
@@ -248,9 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE -> (key, value); the value is read as JSON when it parses (2, 0.5, null), else text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     names = {f.name for f in fields(SearchConfig)}
-    return SearchConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["transfer_set"] = dict(values.get("transfer_set") or [])
+    return SearchConfig.from_dict(values)
 
 
 # ---------------------------------------------------------------------------
@@ -272,13 +312,19 @@ def prepare(config: SearchConfig):
     config.validate()
     space = spaces.get_space(config.space)
     check_baselines(config.baselines)
-    task = ProxyTask(dataset=config.dataset, model=config.model, epochs=config.epochs,
-                     train_size=config.train_size, val_size=config.val_size, test_size=config.test_size,
-                     device=config.device, data_root=config.data_root, download=config.download)
+    # for_dataset: the recipe sized for the dataset's track (text: TEXT_DEFAULTS' batch and lr)
+    task = ProxyTask.for_dataset(config.dataset, model=config.model, mlp=config.mlp, epochs=config.epochs,
+                                 train_size=config.train_size, val_size=config.val_size,
+                                 test_size=config.test_size, device=config.device, data_root=config.data_root,
+                                 download=config.download)
     task = resolve_hardware(config, task)
     # The data is there and every size fits it; nothing stays loaded here (under Ray the
     # driver trains nothing; under Optuna the first trial loads its split on the device).
     task.check_data()
+    if config.transfer_to:
+        from search import transfer
+
+        transfer.transfer_task(config, task).check_data()
     backend = get_backend(config.backend)
     _check_study_dir(config)
     from search.storage import check_storage
@@ -438,11 +484,13 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
     t0 = time.perf_counter()
     print(f"study {config.study_name!r} in {study_dir}/ ({config.backend}, {config.sampler}, "
           f"{config.trials} trials of {config.epochs} epochs on {config.train_size} {config.dataset} "
-          f"images, {config.model}, {task.device} {task.precision})", file=sys.stderr)
+          f"{'sequences' if task.kind == 'text' else 'images'}, {config.model}"
+          f"{', gated MLP' if config.mlp == 'glu' else ''}, {task.device} {task.precision}; "
+          f"score: validation {task.metric.title}, {'lower' if task.metric.sign < 0 else 'higher'} is better)", file=sys.stderr)
     warning = policy.baselines_warning(config.trials, len(config.baselines))
     if warning:
         print(warning, file=sys.stderr)
-    records, confirmation = [], None
+    records, confirmation, moved = [], None, None  # moved: (transfer task, its Confirmation)
     try:
         with backend.session(config):
             records = backend.search(config, space, task, study_dir)
@@ -462,6 +510,13 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
             runner = backend.confirm_runner(config, task, study_dir)
             confirmation = confirm_mod.confirm(entries, config.confirmation_seeds, study_dir, runner, task.metric,
                                                adaptive=config.racing)
+            if config.transfer_to and confirmation.complete:
+                from search import transfer
+
+                print(f"transfer check: {len(entries)} candidates on {config.transfer_to}, seeds "
+                      f"{config.confirmation_seeds}: {len(entries) * config.confirm_seeds} runs", file=sys.stderr)
+                moved = transfer.run(config, task, entries,
+                                     lambda t, where: backend.confirm_runner(config, t, where))
     except UsageError as e:  # found only once connected: a storage of other settings, a cluster out of reach
         _error(_one_line(e))
         if not had_config:
@@ -474,7 +529,7 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
         _error(_one_line(e))
         return 1
     except KeyboardInterrupt:
-        return _partial(config, records, task, resume, "confirmation was interrupted", t0)
+        return _partial(config, records, task, resume, "confirmation (or the transfer check) was interrupted", t0)
 
     summary = write_results(study_dir, records, confirmation.records, config, task=task,
                             complete=confirmation.complete, stopped=confirmation.stopped)
@@ -483,8 +538,17 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
     if config.racing and confirmation.runs < confirmation.fixed_runs:
         print(f"\nracing: {confirmation.runs} confirmation runs instead of {confirmation.fixed_runs} "
               f"(every candidate on every seed)")
-    print(f"\nresults in {study_dir}/ ({', '.join(summary.files)}); took {time.perf_counter() - t0:.0f} s")
-    if not confirmation.complete:
+    files = list(summary.files)
+    if moved is not None:
+        from search import transfer
+
+        second, runs = moved
+        report = transfer.report(entries, confirmation.records, task, runs.records, second, config.mlp)
+        print()
+        print(transfer.write_report(study_dir, report))
+        files += [transfer.REPORT_JSON, transfer.REPORT_TEXT]
+    print(f"\nresults in {study_dir}/ ({', '.join(files)}); took {time.perf_counter() - t0:.0f} s")
+    if not confirmation.complete or (moved is not None and not moved[1].complete):
         print(f"some confirmation runs failed with errors; rerun to retry them:\n  {resume}", file=sys.stderr)
         return 1
     return 0

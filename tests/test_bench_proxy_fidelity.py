@@ -59,3 +59,32 @@ def test_a_finished_trial_is_read_back_not_trained_again(bench, tmp_path):
     data["settings"]["formula"] = "tanh(x)"
     saved.write_text(json.dumps(data))
     assert "resumed" not in bench.run_trial(task, "relu", relu, 1, 0, tmp_path)
+
+
+def test_the_lm_track_measures_sigma_and_gradient_norm_on_the_gpt(bench):
+    from evaluators import ProxyTask
+
+    task = ProxyTask.for_dataset("shakespeare", train_size=64, val_size=1024, test_size=1024, device="cpu",
+                                 num_threads=1)
+    pre = bench.text_preactivation_sigma(task, batches=1)
+    assert pre["layers"] == 4 and 0.01 < pre["sigma"] < 10  # one MLP activation per gpt-nano block
+    relu = spaces.get_activation("relu").candidate
+    g = bench.text_grad_norm(relu, task, seed=0)
+    assert g > 0 and g == bench.text_grad_norm(relu, task, seed=0)  # seeded: the same batch and init
+
+
+def test_the_lm_ranking_is_compared_with_the_image_one_in_each_metrics_direction(bench, tmp_path):
+    from evaluators.metrics import BITS_PER_CHAR
+
+    # image run: accuracy, higher is better; a < b < c < d
+    image = {"budgets": [2, 8], "task": {"dataset": "fashion_mnist", "model": "vit-nano"},
+             "activations": {n: {"mean@8": acc} for n, acc in zip("abcd", (0.80, 0.81, 0.82, 0.83))}}
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps(image))
+    # the same order in bits per character (lower is better) is tau +1, not -1
+    same = {n: {"mean@8": bpc} for n, bpc in zip("abcde", (3.5, 3.4, 3.3, 3.2, 3.0))}
+    cmp = bench.compare_tracks(same, BITS_PER_CHAR, 8, path)
+    assert cmp["activations"] == list("abcd") and cmp["tau"] == pytest.approx(1.0)
+    reversed_ = {n: {"mean@8": bpc} for n, bpc in zip("abcd", (3.2, 3.3, 3.4, 3.5))}
+    assert bench.compare_tracks(reversed_, BITS_PER_CHAR, 8, path)["tau"] == pytest.approx(-1.0)
+    assert bench.compare_tracks(same, BITS_PER_CHAR, 8, tmp_path / "missing.json") is None

@@ -123,7 +123,7 @@ def test_module_api_repr_and_provenance_docstring(exported):
     assert mod.FORMULA == WINNER.formula and mod.COEFFICIENTS == {"a": 0.3}
     doc = " ".join(mod.__doc__.split())  # (wrapped lines joined)
     for text in (WINNER.formula, "study: vit-fmnist, rank 1, label trial_7",
-                 "test_acc: 0.8712 +/- 0.0031", "3 seeds) (seeds 0, 1, 2)",
+                 "test_acc (higher is better): 0.8712 +/- 0.0031", "3 seeds) (seeds 0, 1, 2)",
                  "beats GELU", "2026-05-09T10:00:00+00:00", "torch 2.14.1+cu130",
                  "coefficient b: fixed at -0.1", "exported: ", "Plain PyTorch: imports torch only",
                  "coefficient a: learnable, one per instance (layer), each starts at 0.3 (its initial value)",
@@ -278,6 +278,18 @@ def test_learned_starts_at_the_learned_values(tmp_path):
     ref = WINNER.evaluate(x.numpy(), values=LEARNED)
     # the parameter is float32 (0.4321 to 7 digits), hence 1e-6
     np.testing.assert_allclose(mod.Trial7().double()(x).detach().numpy(), ref, atol=1e-6)
+
+
+def test_a_language_model_winners_provenance_says_lower_is_better(tmp_path):
+    confirmed = {"metric": "test_bpc", "direction": "minimize", "mean": 3.391, "std": 0.004, "n_seeds": 3}
+    study = write_study(tmp_path / "runs", study="lm", confirmed=confirmed,
+                        task={"dataset": "shakespeare", "model": "gpt-nano", "epochs": 4})
+    path = export_activation(study, tmp_path / "acts")
+    assert "confirmed test_bpc (lower is better): 3.3910" in " ".join(load(path).__doc__.split())
+    assert json.loads(path.with_suffix(".json").read_text())["confirmed"]["direction"] == "minimize"
+    bad = write_study(tmp_path / "runs", study="bad", confirmed={**confirmed, "direction": "down"})
+    with pytest.raises(ValueError, match="maximize or minimize"):
+        export_activation(bad, tmp_path / "acts2")
 
 
 def test_rank_n_reads_the_leaderboard_row_and_name_overrides(tmp_path):

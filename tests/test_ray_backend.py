@@ -306,3 +306,29 @@ def test_a_killed_confirmation_worker_is_retried_from_its_checkpoint(killed_conf
     assert relu1.pid != seen["pid"]  # another worker finished it
     assert relu1.resumed_from_epoch == 1  # from the checkpoint, not from scratch
     assert killed_confirmation["wall"] < 30 + 120  # it did not wait out the pause
+
+
+def test_a_language_model_study_and_its_transfer_check_run_on_ray_workers(ray_address, tmp_path, fashion_root,
+                                                                          monkeypatch):
+    """The LM track on the Ray backend: Tune minimises bits per character, the leaderboard
+    ranks lowest first, and the transfer runs are trained by workers and saved by the driver."""
+    from search import run
+
+    monkeypatch.setenv("EAFO_DATA_ROOT", fashion_root)
+    argv = ["--dataset", "shakespeare", "--train-size", "32", "--val-size", "1024", "--test-size", "1024",
+            "--epochs", "1", "--trials", "5", "--confirm-top", "1", "--confirm-seeds", "2", "--backend", "ray",
+            "--ray-address", ray_address, "--max-concurrent", "2", "--runs-dir", str(tmp_path), "--study", "lm",
+            "--transfer-to", "fashion_mnist:vit-nano", "--transfer-set", "train_size=128", "--transfer-set",
+            "val_size=128", "--transfer-set", "test_size=128", "--transfer-set", "epochs=1"]
+    assert run.main(argv) == 0
+    study_dir = tmp_path / "lm"
+    rows = [r for r in json.loads((study_dir / "leaderboard.json").read_text()) if r["confirmed"]]
+    assert [r["mean"] for r in rows] == sorted(r["mean"] for r in rows)
+    assert all(r["direction"] == "minimize" for r in rows)
+    trials = json.loads((study_dir / "trials.json").read_text())
+    assert all("val_bpc" in t["history"][-1] for t in trials if t["status"] == "ok")
+    moved = [json.loads(x) for x in (study_dir / "transfer-fashion_mnist-vit-nano" / "confirm.jsonl")
+             .read_text().splitlines()]
+    assert len(moved) == 2 * len(rows) and all(r["pid"] != os.getpid() for r in moved)
+    rep = json.loads((study_dir / "transfer.json").read_text())
+    assert rep["second"]["direction"] == "maximize" and rep["n"] == len(rows)

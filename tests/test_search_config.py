@@ -99,6 +99,11 @@ def test_help_and_the_default_path_import_no_backend_library():
     for name in space_names.split("|"):
         assert f"  {name} " in p.stdout
     assert ", ".join(spaces.list_activations()) in p.stdout
+    # the text track's defaults, spelled in the help without importing evaluators, are its real ones
+    from evaluators.task import TEXT_DEFAULTS
+
+    for key in ("model", "epochs", "train_size", "val_size", "test_size"):
+        assert f"text: {TEXT_DEFAULTS[key]})" in p.stdout, key
     # one set of timings: the epilog's is the README's
     readme = (ROOT / "README.md").read_text()
     assert f"about {run.DEFAULT_RUN_TIME} on 2" in p.stdout and run.DEFAULT_RUN_TIME in readme
@@ -118,3 +123,56 @@ def test_a_backend_whose_module_is_missing_fails_with_a_clear_message(monkeypatc
     with pytest.raises(UsageError, match="valid backends"):
         run.get_backend("dask")
     assert callable(run.get_backend("optuna").search)
+
+
+def test_the_text_track_gets_its_own_model_and_sizes_and_explicit_values_stay():
+    from evaluators.task import TEXT_DEFAULTS
+
+    text = SearchConfig(dataset="shakespeare")
+    assert (text.model, text.epochs, text.train_size, text.val_size, text.test_size) == tuple(
+        TEXT_DEFAULTS[k] for k in ("model", "epochs", "train_size", "val_size", "test_size"))
+    assert text.study_name == "eafo_default-shakespeare-gpt-nano"
+    assert SearchConfig(dataset="shakespeare", epochs=1, model="gpt-small").to_dict()["epochs"] == 1
+    image = SearchConfig()
+    assert (image.model, image.epochs, image.train_size, image.test_size) == ("vit-nano", 3, 5000, None)
+    # the CLI's None defaults resolve the same way, and config.json holds what ran
+    args = run.build_parser().parse_args(["--dataset", "shakespeare"])
+    assert run.config_from_args(args) == text
+    with pytest.raises(ValueError, match="valid datasets"):
+        SearchConfig(dataset="shakespear")
+
+
+def test_the_image_datasets_the_config_knows_without_torch_are_evaluators_image_datasets():
+    from evaluators.data import DATASETS
+    from evaluators.models import MLPS as EVALUATOR_MLPS
+    from search.config import IMAGE_DATASETS, MLPS
+
+    assert set(IMAGE_DATASETS) == set(DATASETS)
+    assert tuple(MLPS) == tuple(EVALUATOR_MLPS)
+
+
+def test_a_gated_study_has_its_own_name_and_its_mlp_is_a_study_setting():
+    glu = SearchConfig(mlp="glu")
+    assert glu.study_name == "eafo_default-fashion_mnist-vit-nano-glu" != SearchConfig().study_name
+    assert glu.study_mismatch(SearchConfig()) == ["mlp='plain' (now 'glu')"]
+    with pytest.raises(UsageError, match="unknown mlp 'gated'"):
+        SearchConfig(mlp="gated").validate()
+
+
+@pytest.mark.parametrize("value,message", [("shakespeare", "DATASET:MODEL"), ("shakespeare:", "DATASET:MODEL"),
+                                           (":gpt-nano", "DATASET:MODEL"), ("a:b:c", "DATASET:MODEL"),
+                                           ("tinystories:gpt-nano", "valid datasets"),
+                                           ("shakespeare:gpt-huge", "valid models")])
+def test_a_malformed_transfer_target_is_one_clear_error(value, message):
+    with pytest.raises(UsageError, match=message):
+        SearchConfig(transfer_to=value).validate()
+    with pytest.raises(UsageError, match="needs --transfer-to"):
+        SearchConfig(transfer_set={"epochs": 1}).validate()
+
+
+def test_transfer_settings_are_parsed_from_key_value_pairs():
+    args = run.build_parser().parse_args(["--transfer-to", "shakespeare:gpt-nano", "--transfer-set", "epochs=1",
+                                          "--transfer-set", "test_size=null"])
+    config = run.config_from_args(args)
+    assert config.transfer_set == {"epochs": 1, "test_size": None}
+    assert SearchConfig.from_dict(config.to_dict()) == config

@@ -256,3 +256,18 @@ def test_point_labels_never_overprint(figures, tmp_path):
     assert len(placed) == 14 or (left_out and all(f"trial_{i}" in left_out[0] for i in range(14)
                                                   if all(p.get_text() != f"trial_{i}" for p in placed)))
     plt.close(fig)
+
+
+def test_a_gated_study_names_its_curves_geglu_and_plots_say_which_way_is_better(figures, tmp_path):
+    from search import plots
+    from search.baselines import display_name
+
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    for r in rows:
+        r["name"] = display_name(r["label"], "glu")
+    drawn = plots.plot_activations(tmp_path / "a.png", rows, mlp="glu")
+    assert (drawn["gelu"]["name"], drawn["relu"]["name"]) == ("GEGLU", "ReGLU")
+    legend = " ".join(t.get_text() for t in figures[0].axes[0].get_legend().get_texts())
+    assert "GEGLU" in legend and "crrelu-glu" in legend and "gated MLP" in figures[0]._suptitle.get_text()
+    plots.plot_history(tmp_path / "h.png", _records(), BITS_PER_CHAR, mlp="glu")
+    assert figures[1].axes[0].get_ylabel() == "validation bits per character (lower is better)"

@@ -51,10 +51,11 @@ def _load(study_dir: Path, name: str = STUDY):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, fashion_root):
-    os.environ["EAFO_DATA_ROOT"] = fashion_root
     runs = tmp_path_factory.mktemp("runs")
     argv = TINY + ["--runs-dir", str(runs)]
-    rc = run.main(argv)
+    with pytest.MonkeyPatch.context() as mp:  # restored after: later test modules see the environment as it was
+        mp.setenv("EAFO_DATA_ROOT", fashion_root)
+        rc = run.main(argv)
     return rc, runs / STUDY, argv
 
 
