@@ -60,8 +60,8 @@ def preactivation_std(model: str = "vit-nano", dataset: str = "fashion_mnist", *
     The model is built as a trial builds it (evaluators.ProxyTask: the preset's image
     size and the dataset's normalisation, or the corpus's vocabulary and the preset's
     context; `mlp` "glu" makes the activation the gate of a gated MLP, whose fc1_g has
-    the plain fc1's input and init, so about the same width) with `activation` (a name of spaces.get_activation; GELU is the ViT and
-    GPT default) in every MLP, initialised under torch.manual_seed(seed) (the global RNG
+    the plain fc1's input and init, so about the same width) with `activation` (a name
+    of spaces.get_activation; GELU is the ViT and GPT default) in every MLP, initialised under torch.manual_seed(seed) (the global RNG
     is left as it was), and run once, in train mode (BatchNorm uses batch statistics, as
     a first training step does) without gradients, over the first `n_images` training
     images, or (text) over `n_images` training sequences at offsets drawn from `seed`.
