@@ -161,7 +161,7 @@ or --model vit-tiny --dataset cifar10 for the paper's ViT-T on CIFAR-10.
 
 results go to <runs-dir>/<study>/: leaderboard.csv/.json, best.json,
 activations.png, history.png, zero_cost.png, summary.txt, trials.json, config.json,
-confirm.jsonl and (default storage) study.db. Watch a running search with
+sigma.json, confirm.jsonl and (default storage) study.db. Watch a running search with
   optuna-dashboard sqlite:///runs/<study>/study.db
 
 resume: run the same command again. Finished trials and confirmation runs are
