@@ -302,12 +302,13 @@ def prepare(config: SearchConfig):
     # The data is there and every size fits it; nothing stays loaded here (under Ray the
     # driver trains nothing; under Optuna the first trial loads its split on the device).
     task.check_data()
-    space = spaces.get_space(config.space, sigma=resolve_sigma(config, task)["sigma"])
     backend = get_backend(config.backend)
     _check_study_dir(config)
     from search.storage import check_storage
 
     check_storage(config.storage_url, will_create=config.study_dir if config.storage is None else None)
+    # Last: measuring sigma costs seconds, and a refused run should not wait for it.
+    space = spaces.get_space(config.space, sigma=resolve_sigma(config, task)["sigma"])
     return space, task, backend
 
 
