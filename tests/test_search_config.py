@@ -152,3 +152,30 @@ def test_a_backend_whose_module_is_missing_fails_with_a_clear_message(monkeypatc
     with pytest.raises(UsageError, match="valid backends"):
         run.get_backend("dask")
     assert callable(run.get_backend("optuna").search)
+
+
+def test_sigma_resolves_to_the_number_given_or_the_one_the_study_measured_when_it_started(tmp_path, monkeypatch,
+                                                                                        fashion_root):
+    """A number is used as given; "measured" measures the task's model at init (vit-nano:
+    0.02 sqrt(64) = 0.16) unless the study's sigma.json holds a measurement, which a
+    resumed study reuses without measuring again (another machine would round differently)."""
+    import json
+
+    import evaluators
+    from evaluators import ProxyTask
+
+    task = ProxyTask(data_root=fashion_root)
+    given = run.resolve_sigma(SearchConfig(sigma=1.0, runs_dir=str(tmp_path)), task)
+    assert given == {"setting": 1.0, "sigma": 1.0, "preactivation": None}
+    fresh = run.resolve_sigma(SearchConfig(runs_dir=str(tmp_path)), task)
+    assert fresh["setting"] == "measured" and abs(fresh["sigma"] - 0.16) < 0.01
+    assert fresh["preactivation"]["model"] == "vit-nano" and len(fresh["preactivation"]["per_layer"]) == 4
+    config = SearchConfig(runs_dir=str(tmp_path))
+    config.study_dir.mkdir(parents=True)
+    (config.study_dir / "sigma.json").write_text(json.dumps({**fresh, "sigma": 0.2}))
+
+    def no_measuring(*a, **k):
+        raise AssertionError("a study that measured sigma must not measure it again")
+
+    monkeypatch.setattr(evaluators, "preactivation_std", no_measuring)
+    assert run.resolve_sigma(config, task)["sigma"] == 0.2
