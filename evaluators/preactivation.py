@@ -4,8 +4,9 @@ The theory (spaces.eafo, spaces.correction) models an activation's input as
 x ~ N(0, sigma^2), with sigma = 1 in the paper. In a timm ViT at init the MLP's
 pre-activations are far narrower: fc1 sees LayerNorm's unit-variance output through
 weights drawn with std 0.02, so sigma ~ 0.02 sqrt(dim) (0.16 for vit-nano's dim 64),
-where x*exp(-x**2/2) is almost x. This module measures sigma on real data, per model
-preset, with forward hooks on the inputs of every activation module:
+where x*exp(-x**2/2) is almost x; the character GPT (GPT-2 init, std 0.02) is alike.
+This module measures sigma on real data, per (model preset, dataset, MLP kind), with
+forward hooks on the inputs of every activation module:
 
     >>> stats = preactivation_std("vit-nano")
     >>> stats.sigma, stats.per_layer[0]
@@ -31,7 +32,9 @@ class PreactivationStats:
         channels pooled, each layer weighted alike), about 0: the N(0, sigma^2) width.
     mean: the pooled mean (the theory assumes 0; a large value here says it does not hold).
     per_layer: (module name, mean, std, rms) of each activation module's input, in order.
-    The rest says what was measured: preset, dataset, activation, images, init seed.
+    The rest says what was measured: preset, dataset, activation, images (text:
+    sequences of the preset's context length), init seed, MLP kind (plain, or glu where
+    the activation is the gate).
     """
 
     sigma: float
@@ -42,6 +45,7 @@ class PreactivationStats:
     activation: str
     n_images: int
     seed: int
+    mlp: str = "plain"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "per_layer": [dict(zip(("name", "mean", "std", "rms"), row))
@@ -49,41 +53,53 @@ class PreactivationStats:
 
 
 def preactivation_std(model: str = "vit-nano", dataset: str = "fashion_mnist", *,
-                      activation: str = "gelu", n_images: int = 512, seed: int = 0,
+                      activation: str = "gelu", n_images: int = 512, seed: int = 0, mlp: str = "plain",
                       data_root: str | None = None, device: str = "cpu") -> PreactivationStats:
-    """Measure the pre-activation std of `model` at init on `n_images` training images.
+    """Measure the pre-activation std of `model` at init on `n_images` training samples.
 
     The model is built as a trial builds it (evaluators.ProxyTask: the preset's image
-    size, the dataset's normalisation) with `activation` (a name of
-    spaces.get_activation; GELU is the ViT default) in every MLP, initialised under
-    torch.manual_seed(seed) (the global RNG is left as it was), and run once over the
-    images in training batches, in train mode (BatchNorm uses batch statistics, as a
-    first training step does) without gradients. A forward pre-hook on each activation
-    module records its input.
+    size and the dataset's normalisation, or the corpus's vocabulary and the preset's
+    context; `mlp` "glu" makes the activation the gate of a gated MLP, whose fc1_g has
+    the plain fc1's input and init, so about the same width) with `activation` (a name
+    of spaces.get_activation; GELU is the ViT and GPT default) in every MLP, initialised under torch.manual_seed(seed) (the global RNG
+    is left as it was), and run once, in train mode (BatchNorm uses batch statistics, as
+    a first training step does) without gradients, over the first `n_images` training
+    images, or (text) over `n_images` training sequences at offsets drawn from `seed`.
+    A forward pre-hook on each activation module records its input.
     Cached per arguments for the process (a few seconds for vit-nano on the CPU).
     """
     if not isinstance(n_images, int) or isinstance(n_images, bool) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return _measure(model, dataset, activation, n_images, seed, data_root, device)
+    return _measure(model, dataset, activation, n_images, seed, mlp, data_root, device)
 
 
 @lru_cache(maxsize=32)
-def _measure(model, dataset, activation, n_images, seed, data_root, device) -> PreactivationStats:
+def _measure(model, dataset, activation, n_images, seed, mlp, data_root, device) -> PreactivationStats:
     import spaces
-    from evaluators.models import build_model
+    from evaluators import data as data_mod
+    from evaluators import text as text_mod
     from evaluators.task import ProxyTask
 
     act = spaces.get_activation(activation)  # ValueError listing the valid names
-    task = ProxyTask(dataset=dataset, model=model, train_size=n_images, device=device,
+    task = ProxyTask(dataset=dataset, model=model, mlp=mlp, train_size=n_images, device=device,
                      data_root=data_root, sanity=False)
-    data = task.load_split("val", task.resolve_device())
-    devices = [data.train_x.device] if data.train_x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        net = build_model(model, act, data.in_chans, data.num_classes,
-                          data.image_size).to(data.train_x.device)
+    try:
+        data = task.load_split("val", task.resolve_device())
+        if task.kind == "text":  # one batch of n_images windows of the training part, seeded
+            dev = data.train.device
+            inputs = next(data.batches(n_images, torch.Generator(device=dev).manual_seed(seed)))[0]
+        else:
+            inputs = data.train_x
+        devices = [dev] if (dev := inputs.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            net = task.build(act, data)
+    finally:
+        data_mod.clear_cache()  # a driver that trains nothing keeps nothing loaded
+        text_mod.clear_cache()
+        task._splits.clear()
     sums: dict[str, list[float]] = {}
 
     def hook(name):
@@ -107,8 +123,8 @@ def _measure(model, dataset, activation, n_images, seed, data_root, device) -> P
         net.train()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(seed)
-            for i in range(0, n_images, task.batch_size):
-                net(data.train_x[i:i + task.batch_size])
+            for i in range(0, inputs.shape[0], task.batch_size):
+                net(inputs[i:i + task.batch_size])
     finally:
         for h in handles:
             h.remove()
@@ -118,7 +134,7 @@ def _measure(model, dataset, activation, n_images, seed, data_root, device) -> P
         rows.append((name, mean, math.sqrt(max(second - mean * mean, 0.0)), math.sqrt(second)))
     sigma = math.sqrt(sum(r[3] ** 2 for r in rows) / len(rows))
     mean = sum(r[1] for r in rows) / len(rows)
-    return PreactivationStats(sigma, mean, tuple(rows), model, dataset, activation, n_images, seed)
+    return PreactivationStats(sigma, mean, tuple(rows), model, dataset, activation, n_images, seed, mlp)
 
 
-__all__ = ["preactivation_std", "PreactivationStats"]
+__all__ = ["PreactivationStats", "preactivation_std"]

@@ -257,11 +257,13 @@ class ProxyTask:
         return self._splits[key]
 
     def build(self, candidate, data) -> nn.Module:
-        """A fresh model for `candidate` on `data`'s device (seed the RNG first)."""
+        """A fresh model for `candidate` (a Candidate, or an activation class) on `data`'s
+        device (seed the RNG first)."""
+        act = candidate if isinstance(candidate, type) else candidate.module_class()
         if isinstance(data, text_mod.TextSplit):
-            return build_model(self.model, candidate.module_class(), vocab_size=data.vocab_size,
+            return build_model(self.model, act, vocab_size=data.vocab_size,
                                block_size=data.block_size, mlp=self.mlp).to(data.train.device)
-        return build_model(self.model, candidate.module_class(), data.in_chans, data.num_classes,
+        return build_model(self.model, act, data.in_chans, data.num_classes,
                            data.image_size, mlp=self.mlp).to(data.train_x.device)
 
     # ---- one trial ----------------------------------------------------------

@@ -41,6 +41,10 @@ class SearchConfig(DictRecord):
                                     # images: all, 10,000 for Fashion-MNIST: 0.36 pp sampling error at 85 %)
     seed: int = 0                   # seeds the sampler and every search trial's training;
                                     # confirmation uses seed+1 .. seed+confirm_seeds
+    sigma: float | str = "measured"  # std of the activation's input the EAFO corrections and zero-cost
+                                    # scores assume (x ~ N(0, sigma^2)): "measured" on the proxy model at
+                                    # init (evaluators.preactivation_std: vit-nano 0.158), or a number
+                                    # (1 = the paper's); the resolved value is saved in preactivation.json
     # ---- how much search ------------------------------------------------------
     trials: int = 12                # evaluated trials the study should hold, the baselines included;
                                     # duplicates (free) do not count; a rerun only runs what is missing
@@ -50,6 +54,9 @@ class SearchConfig(DictRecord):
     timeout: float | None = None    # seconds for the search phase (None: no limit); the running
                                     # trial finishes, confirmation is not limited
     sampler: str = "tpe"            # tpe (multivariate, grouped: the space is conditional) | gp | random
+    prefilter: int = 1              # proposals the sampler draws per trained candidate; the zero-cost
+                                    # surrogate (evaluators.prefilter) trains the most promising one.
+                                    # 1: off (every proposal is trained)
     pruner: str = "none"            # none | median | hyperband; steps are epochs. With the default 3
                                     # epochs, median pruning after epoch 1 stopped 7 of 8 searched
                                     # candidates (measured), leaving too few to confirm for a saving
@@ -116,7 +123,7 @@ class SearchConfig(DictRecord):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
 
-        for name in ("trials", "epochs", "train_size", "val_size", "confirm_top",
+        for name in ("trials", "epochs", "train_size", "val_size", "confirm_top", "prefilter",
                      "heartbeat_interval", "grace_period"):
             positive_int(name)
         if isinstance(self.confirm_seeds, bool) or not isinstance(self.confirm_seeds, int) \
@@ -131,6 +138,9 @@ class SearchConfig(DictRecord):
             raise UsageError(f"--test-size must be a positive integer, got {self.test_size!r}")
         if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.sigma != SIGMA_MEASURED and (isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float))
+                                             or not math.isfinite(self.sigma) or self.sigma <= 0):
+            raise UsageError(f"--sigma must be {SIGMA_MEASURED!r} or a positive number, got {self.sigma!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
         for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("backend", BACKEND_NAMES),
@@ -173,7 +183,7 @@ class SearchConfig(DictRecord):
             raise UsageError(f"{path} is not a readable config file ({e}); leaving it as it is") from e
         if not isinstance(d, dict):
             raise UsageError(f"{path} does not hold a JSON object; leaving it as it is")
-        return cls.from_dict(d)
+        return cls.from_dict({**LEGACY, **d})
 
     def study_mismatch(self, saved: "SearchConfig") -> list[str]:
         """Settings that define a study's results and differ from those it was run with."""
@@ -210,7 +220,12 @@ def track_defaults(dataset: str) -> dict:
 
 # Fields whose change would make a study's earlier results incomparable with new ones
 # (the dataset's kind comes with the dataset).
-STUDY_KEYS = ("space", "dataset", "model", "mlp", "epochs", "train_size", "val_size", "test_size", "seed")
+STUDY_KEYS = ("space", "dataset", "model", "mlp", "epochs", "train_size", "val_size", "test_size", "seed",
+              "sigma")
+# What a study saved before a key existed ran with: sigma 1, the paper's (before --sigma).
+LEGACY = {"sigma": 1.0}
+SIGMA_MEASURED = "measured"
+
 SAMPLERS = ("tpe", "gp", "random")
 MLPS = ("plain", "glu")  # evaluators.models.MLPS, spelled here so that validate imports no torch
 PRUNERS = ("none", "median", "hyperband")

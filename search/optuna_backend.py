@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 
 from search import policy
-from search.config import STUDY_KEYS
+from search.config import LEGACY, STUDY_KEYS
 from search.exceptions import SearchInterrupted, TooManyErrors, UsageError
 from search.policy import MAX_CONSECUTIVE_ERRORS, MAX_DUPLICATES_IN_A_ROW, Outcome
 from search.records import TrialRecord, finite_or_none, jsonable, trial_label
@@ -228,6 +228,7 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
     study = open_study(config, task, storage)
     settings = {k: getattr(config, k) for k in STUDY_KEYS}
     saved = study.user_attrs.get("settings")
+    saved = None if saved is None else {k: saved.get(k, LEGACY.get(k)) for k in STUDY_KEYS}
     if saved is not None and saved != settings:
         diff = [f"{k}={saved.get(k)!r} (now {settings[k]!r})" for k in STUDY_KEYS if saved.get(k) != settings[k]]
         raise UsageError(f"study {config.study_name!r} in {config.storage_url} was run with "
@@ -255,15 +256,23 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
     tracker = _Tracker(study, task.metric, remaining, progress)
     rules = tracker.rules
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    prefilter = policy.Prefilter(getattr(config, "prefilter", 1), getattr(space, "sigma", 1.0),
+                                 task.metric.direction)
     try:
         # Duplicates cost nothing and do not count, so one optimize() call may fall
-        # short of the budget: call again for what is missing.
+        # short of the budget: call again for what is missing. With --prefilter, one
+        # trial per call, each given the proposal the prefilter chose (enqueued).
         while remaining > 0 and rules.stop_reason is None:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 rules.stop_reason = f"--timeout {config.timeout:g} s reached"
                 break
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
+            n = remaining
+            if prefilter.on:
+                n = 1
+                if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                    study.enqueue_trial(prefiltered_params(study, space, prefilter, config))
+            study.optimize(objective, n_trials=n, timeout=timeout, catch=(Exception,),
                            callbacks=[tracker])
             remaining = config.trials - _evaluated(study)
     except (KeyboardInterrupt, _Interrupt):
@@ -278,6 +287,34 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
         print(f"search stopped early: {rules.stop_reason}; {_evaluated(study)} of {config.trials} "
               "trials evaluated", file=sys.stderr)
     return records_from_study(study)
+
+
+def prefiltered_params(study, space, prefilter: policy.Prefilter, config) -> dict:
+    """The params of the next trial under --prefilter: prefilter.m proposals of the study's
+    sampler, the one search.policy.Prefilter chooses.
+
+    The proposals come from a scratch in-memory study holding the study's finished
+    trials and a sampler of the same kind, seeded by the trial count: each ask draws
+    from the same history, and is told FAIL there (a failed trial teaches TPE nothing),
+    so the real study holds only the trials that trained.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    records = records_from_study(study)
+    prefilter.observe_records(records)
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    scratch = optuna.create_study(direction=study.direction,
+                                  sampler=make_sampler(config.sampler, config.seed * 1_000_003 + len(records)))
+    scratch.add_trials(finished)
+    proposals = []
+    for _ in range(prefilter.m):
+        trial = scratch.ask()
+        proposals.append(space.suggest(trial))
+        scratch.tell(trial, state=TrialState.FAIL)
+    evaluated = set(policy.Registry.from_records(records).owners)
+    built = [policy.build(space, {}, params=p) for p in proposals]
+    return proposals[prefilter.choose(built, evaluated)]
 
 
 def _evaluated(study) -> int:
@@ -445,6 +482,6 @@ def confirm_runner(config, task, study_dir: Path):
     return LocalRunner(task, study_dir)
 
 
-__all__ = ["run_optuna", "open_study", "records_from_study", "enqueue_baselines", "make_sampler",
+__all__ = ["run_optuna", "open_study", "prefiltered_params", "records_from_study", "enqueue_baselines", "make_sampler",
            "make_pruner", "Objective", "MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW", "session",
            "confirm_runner"]

@@ -10,8 +10,9 @@ activations.png  the top confirmed activations and their derivatives, beside
 history.png      the optimisation history: each trial's validation score, the
                  running best (in the metric's direction), and the trials that
                  never got a score
-zero_cost.png    each searched candidate's -H (EAFO output entropy, negated:
-                 EAFO predicts higher is better) against its search score,
+zero_cost.png    each searched candidate's negentropy (EAFO's output entropy
+                 made scale-free and bin-free, at the study's sigma: EAFO
+                 predicts higher is better) against its search score,
                  oriented so that up is better: the two quantities whose
                  Kendall tau the title (and the summary) prints
 Point labels are placed where they overlap no other label; one that fits
@@ -40,7 +41,7 @@ _OFFSETS = [(dx * r, dy * r) for r in (5, 12) for dx, dy in ((1, 1), (1, -1.6), 
 
 
 def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialRecord],
-                metric: Metric = ACCURACY, mlp: str = "plain") -> list[str]:
+                metric: Metric = ACCURACY, sigma: float = 1.0, mlp: str = "plain") -> list[str]:
     """mlp "glu": the study's activations gate gated MLPs, so the references are drawn
     as GEGLU and ReGLU and every row under its display name (search.baselines)."""
     import matplotlib
@@ -49,7 +50,7 @@ def write_plots(study_dir: str | Path, rows: list[dict], records: list[TrialReco
     study_dir = Path(study_dir)
     plot_activations(study_dir / "activations.png", rows, metric, mlp=mlp)
     plot_history(study_dir / "history.png", records, metric, mlp=mlp)
-    plot_zero_cost(study_dir / "zero_cost.png", rows, metric)
+    plot_zero_cost(study_dir / "zero_cost.png", rows, metric, sigma)
     return ["activations.png", "history.png", "zero_cost.png"]
 
 
@@ -187,7 +188,8 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
     _save(fig, path)
 
 
-def plot_zero_cost(path: str | Path, rows: list[dict], metric: Metric = ACCURACY) -> dict | None:
+def plot_zero_cost(path: str | Path, rows: list[dict], metric: Metric = ACCURACY,
+                   sigma: float = 1.0) -> dict | None:
     """Plot what the printed tau is computed on; return that agreement (for tests)."""
     import matplotlib.pyplot as plt
 
@@ -202,7 +204,7 @@ def plot_zero_cost(path: str | Path, rows: list[dict], metric: Metric = ACCURACY
     else:
         tau = "too few candidates for a rank correlation"
     ax.set_title(f"Zero-cost EAFO score against training\n{tau}", fontsize=10)
-    ax.set_xlabel("-H[f(x)], x ~ N(0, 1), nats (EAFO predicts: higher is better)")
+    ax.set_xlabel(f"negentropy of f(x), x ~ N(0, {sigma:.3g}²), nats (EAFO predicts: higher is better)")
     flip = "-" if metric.direction == "minimize" else ""
     ax.set_ylabel(f"{flip}search {metric.title} (up is better)")
     ax.grid(alpha=0.3)

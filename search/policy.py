@@ -25,6 +25,11 @@ module and keep only the glue to their library:
   same `TrialRecord`, so results, confirmation and export do not care which ran.
 - Progress: one line per finished trial (`progress_line`) and the best so far
   (`Best`), in the metric's direction.
+- Prefilter (`Prefilter`, --prefilter M > 1): each searched trial trains one of M
+  proposals of the sampler, the one whose predicted score (evaluators.prefilter's
+  surrogate, fitted to the trials finished so far) is highest; proposals that
+  cannot be built or repeat an evaluated candidate are not chosen while another is
+  left. The M - 1 others are told to the sampler as failed (never as scores).
 """
 from __future__ import annotations
 
@@ -277,6 +282,62 @@ def may_prune(baseline: str | None, epoch: int, epochs: int) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# Prefilter
+# ---------------------------------------------------------------------------
+
+class Prefilter:
+    """--prefilter M: which of M proposals a trial trains (see the module docstring).
+
+    Plain data (the Ray searcher pickles it with its state). `observe` each finished
+    trial once (by number); `choose` among the proposals' Builts.
+    """
+
+    def __init__(self, m: int, sigma: float, direction: str):
+        from evaluators.prefilter import Prefilter as Surrogate
+
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"prefilter must be a positive integer, got {m!r}")
+        self.m = m
+        self.sign = 1.0 if direction == "maximize" else -1.0  # the surrogate ranks higher as better
+        self.surrogate = Surrogate(sigma)
+        self.seen: set[int] = set()
+
+    @property
+    def on(self) -> bool:
+        return self.m > 1
+
+    def observe(self, number: int, candidate, status: str, score: float | None,
+                duplicate: bool = False) -> None:
+        """A finished trial: ok with its score; pruned or diverged as the worst seen. Rejected,
+        errored and duplicate trials teach nothing (no candidate, or no new one)."""
+        if number in self.seen or candidate is None or duplicate or status not in COUNTED or status == "rejected":
+            return
+        self.seen.add(number)
+        value = finite_or_none(score) if status == "ok" else None
+        self.surrogate.observe(candidate, self.sign * value if value is not None else float("nan"))
+
+    def observe_records(self, records: list[TrialRecord]) -> None:
+        """Observe every finished record not seen yet (their candidates rebuilt from the records)."""
+        import spaces
+
+        for r in records:
+            if r.number in self.seen or not r.candidate or r.status not in COUNTED:
+                continue
+            self.observe(r.number, spaces.Candidate.from_dict(r.candidate), r.status, r.score,
+                         r.duplicate_of is not None)
+
+    def choose(self, proposals: list[Built], evaluated: set[str] = frozenset()) -> int:
+        """The index of the proposal to train: the surrogate's best of those that are built and
+        new (fingerprint not in `evaluated`); else of those that are built; else 0."""
+        for pool in ([i for i, b in enumerate(proposals) if b.candidate is not None
+                      and b.fingerprint not in evaluated],
+                     [i for i, b in enumerate(proposals) if b.candidate is not None]):
+            if pool:
+                return pool[self.surrogate.select([proposals[i].candidate for i in pool], 1)[0]]
+        return 0
+
+
+# ---------------------------------------------------------------------------
 # Progress
 # ---------------------------------------------------------------------------
 
@@ -308,4 +369,4 @@ class Best:
 
 __all__ = ["MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW", "COUNTED", "counts", "evaluated",
            "search_note", "baselines_warning", "Built", "build", "Outcome", "precision_of", "record", "Registry",
-           "StopRules", "Pruning", "pruning", "may_prune", "progress_line", "Best"]
+           "StopRules", "Prefilter", "Pruning", "pruning", "may_prune", "progress_line", "Best"]

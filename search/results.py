@@ -11,7 +11,7 @@ records (search.records.ConfirmRecord) and writes, in the study folder,
     summary.txt        the table and the verdict printed on the terminal
     activations.png    the top activations and their derivatives beside GELU and ReLU
     history.png        the optimisation history
-    zero_cost.png      EAFO output entropy against search score, per candidate
+    zero_cost.png      EAFO negentropy against search score, per candidate
 
 The score is the task's metric (`task.metric`, evaluators.metrics): accuracy
 (higher is better) for the image tasks, bits per character (lower is better)
@@ -33,9 +33,11 @@ training learned, as a MEAN over every activation layer of the model and
 every confirmation seed). `learned_coefficients_per_seed` holds the values
 behind that mean: per seed, per layer.
 
-Every row also carries the candidate's zero-cost EAFO scores (output entropy,
-distance from the WAFBC; milliseconds, no data), and the summary says how well
-the entropy ranked this study's candidates against their search scores.
+Every row also carries the candidate's zero-cost EAFO scores (evaluators.entropy_score
+at the study's sigma, from sigma.json: negentropy, distance from the WAFBC, atom mass,
+and the paper's raw output entropy; milliseconds, no data), and the summary says how
+well the negentropy (scale-free and bin-free, unlike the raw entropy) ranked this
+study's candidates against their search scores.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ from search.stats import ALPHA, compare, mean_std
 CSV_COLUMNS = ["rank", "label", "formula", "coefficients", "fingerprint", "confirmed", "metric", "n_seeds",
                "mean", "std", "seeds", "per_seed", "stopped_after", "mean_diff_vs_gelu", "ci_low", "ci_high",
                "ci_level", "p_value", "p_holm", "n_pairs", "beats_gelu", "search_score", "search_trial",
-               "output_entropy", "wafbc_distance", "learned_coefficients", "failures"]
+               "negentropy", "wafbc_distance", "atom_mass", "output_entropy", "learned_coefficients", "failures"]
+ZERO_COST_KEYS = ("negentropy", "wafbc_distance", "atom_mass", "output_entropy")  # evaluators.entropy_score's
 MIN_ROWS_FOR_TAU = 4  # below this a rank correlation says nothing
 POWER_EFFECT = 1.5    # the effect (in sd of the paired differences) whose simulated power the verdict quotes
 SIM_STUDIES = 4_000   # simulated studies behind the numbers the verdict quotes (0.3 pp standard error at 5 %)
@@ -78,10 +81,12 @@ class Summary:
 # ---------------------------------------------------------------------------
 
 def build_leaderboard(records: list[TrialRecord], confirmations: list[ConfirmRecord],
-                      metric: Metric = ACCURACY, stopped: dict[str, int] | None = None) -> list[dict]:
+                      metric: Metric = ACCURACY, stopped: dict[str, int] | None = None,
+                      sigma: float = 1.0) -> list[dict]:
     """Rows in rank order (see the module docstring).
 
     stopped: label -> seeds a racing confirmation stopped it at (search.racing).
+    sigma: the input std the zero-cost scores assume (the study's).
     """
     search = _search_scores(records, metric)
     by_fp: dict[str, list[ConfirmRecord]] = {}
@@ -129,7 +134,7 @@ def build_leaderboard(records: list[TrialRecord], confirmations: list[ConfirmRec
     ranked = confirmed + unconfirmed
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
-        row.update(_zero_cost(row["candidate"]))
+        row.update(_zero_cost(row["candidate"], sigma))
     return [{"rank": r.pop("rank"), **r} for r in ranked]
 
 
@@ -176,37 +181,39 @@ def coefficient_text(candidate: dict | None, learned: dict | None) -> str:
     return ", ".join(parts)
 
 
-def _zero_cost(candidate: dict | None) -> dict:
-    """EAFO zero-cost scores of a row's candidate at its initial coefficients (None: no theory)."""
+def _zero_cost(candidate: dict | None, sigma: float = 1.0) -> dict:
+    """EAFO zero-cost scores of a row's candidate at its initial coefficients, inputs
+    N(0, sigma^2) (None: no theory)."""
     if not candidate:
-        return {"output_entropy": None, "wafbc_distance": None}
-    scores = _entropy_score(json.dumps(candidate, sort_keys=True))
-    return {k: finite_or_none(scores.get(k)) for k in ("output_entropy", "wafbc_distance")}
+        return dict.fromkeys(ZERO_COST_KEYS)
+    scores = _entropy_score(json.dumps(candidate, sort_keys=True), float(sigma))
+    return {k: finite_or_none(scores.get(k)) for k in ZERO_COST_KEYS}
 
 
 @lru_cache(maxsize=4096)
-def _entropy_score(candidate_json: str) -> dict:
+def _entropy_score(candidate_json: str, sigma: float) -> dict:
     # cached: the leaderboard is rebuilt after every confirmation run
     import spaces
     from evaluators import entropy_score
 
     try:
-        return entropy_score(spaces.Candidate.from_dict(json.loads(candidate_json)))
+        return entropy_score(spaces.Candidate.from_dict(json.loads(candidate_json)), sigma)
     except Exception:  # noqa: BLE001 - a side score must never cost a study its results files
         return {}
 
 
 def zero_cost_agreement(rows: list[dict]) -> dict | None:
-    """Kendall tau between -output entropy (EAFO: lower entropy predicted better) and the
-    search score oriented so that higher is better, over the rows that have both; None with
-    fewer than MIN_ROWS_FOR_TAU. `x` and `y` are those two quantities, as zero_cost.png plots them."""
+    """Kendall tau between the negentropy (EAFO's "lower output entropy is better" made
+    scale-free and bin-free: higher predicted better) and the search score oriented so that
+    higher is better, over the rows that have both; None with fewer than MIN_ROWS_FOR_TAU.
+    `x` and `y` are those two quantities, as zero_cost.png plots them."""
     from scipy.stats import kendalltau
 
-    pts = [r for r in rows if r.get("output_entropy") is not None and r.get("search_score") is not None]
+    pts = [r for r in rows if r.get("negentropy") is not None and r.get("search_score") is not None]
     if len(pts) < MIN_ROWS_FOR_TAU:
         return None
     sign = -1.0 if pts[0].get("direction") == "minimize" else 1.0
-    x = [-r["output_entropy"] for r in pts]
+    x = [r["negentropy"] for r in pts]
     y = [sign * r["search_score"] for r in pts]
     res = kendalltau(x, y)
     tau, p = float(res.statistic), float(res.pvalue)
@@ -357,7 +364,7 @@ def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY, referen
     agreement = zero_cost_agreement(rows)
     if agreement:
         lines.append(f"Zero-cost check: over the {agreement['n']} searched candidates, the ranking by EAFO "
-                     f"output entropy (lower first) and the ranking by search score have Kendall tau "
+                     f"negentropy (higher first) and the ranking by search score have Kendall tau "
                      f"{agreement['tau']:+.2f} (p = {agreement['p']:.2g}).")
     return "\n".join(lines)
 
@@ -384,7 +391,9 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     study_dir.mkdir(parents=True, exist_ok=True)
     metric = metric or getattr(task, "metric", None) or ACCURACY
     mlp = getattr(config, "mlp", "plain")
-    rows = build_leaderboard(records, confirmations, metric, stopped)
+    # the study's sigma (search.run writes sigma.json); a study from before --sigma used the paper's 1
+    sigma = read_sigma(study_dir) or {"setting": 1.0, "sigma": 1.0, "preactivation": None}
+    rows = build_leaderboard(records, confirmations, metric, stopped, sigma["sigma"])
     for row in rows:  # what tables, verdicts and plots call it (GEGLU, SwiGLU in a gated MLP)
         row["name"] = display_name(row["label"], mlp)
     files = []
@@ -398,6 +407,7 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     confirmed = [r for r in rows if r["confirmed"] and r["mean"] is not None]
     if complete and confirmed:
         best = _best_json(confirmed[0], rows, records, confirmations, config, task, metric)
+        best["sigma"] = sigma
         write_json(study_dir / "best.json", best)
         files.append("best.json")
 
@@ -408,8 +418,26 @@ def write_results(study_dir: str | Path, records: list[TrialRecord], confirmatio
     if plots:
         from search import plots as plots_mod
 
-        files += plots_mod.write_plots(study_dir, rows, records, metric, mlp=mlp)
+        files += plots_mod.write_plots(study_dir, rows, records, metric, sigma["sigma"], mlp=mlp)
     return Summary(rows, best, text, files)
+
+
+SIGMA_FILE = "sigma.json"  # search.run writes it: {"setting", "sigma", "preactivation"}
+
+
+def read_sigma(study_dir: Path) -> dict | None:
+    """A study's sigma.json (None before it has one); UsageError if it is unreadable."""
+    from search.exceptions import UsageError
+
+    path = Path(study_dir) / SIGMA_FILE
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        sigma = float(d["sigma"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is not a readable sigma file ({e}); leaving it as it is") from e
+    return {**d, "sigma": sigma}
 
 
 def _csv(rows: list[dict]) -> str:

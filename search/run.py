@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from search import lock
-from search.config import BACKEND_NAMES, IMAGE_DEFAULTS, MLPS, PRUNERS, SAMPLERS, SearchConfig
+from search.config import BACKEND_NAMES, IMAGE_DEFAULTS, MLPS, PRUNERS, SAMPLERS, SIGMA_MEASURED, SearchConfig
 from search.exceptions import BackendUnavailable, SearchInterrupted, TooManyErrors, UsageError
 
 PROG = "python -m search.run"
@@ -124,6 +124,16 @@ _positive_int, _nonneg_int = _bounded(int, positive=True), _bounded(int, positiv
 _positive_float, _nonneg_float = _bounded(float, positive=True), _bounded(float, positive=False)
 
 
+def _sigma(text: str):
+    """--sigma: "measured", or a positive finite number."""
+    if text == SIGMA_MEASURED:
+        return text
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither {SIGMA_MEASURED!r} nor a positive number") from None
+
+
 def _baseline_list(text: str) -> list[str]:
     from search.baselines import parse_names
 
@@ -159,7 +169,7 @@ or --model vit-tiny --dataset cifar10 for the paper's ViT-T on CIFAR-10.
 
 results go to <runs-dir>/<study>/: leaderboard.csv/.json, best.json,
 activations.png, history.png, zero_cost.png, summary.txt, trials.json, config.json,
-confirm.jsonl, (--transfer-to) transfer.json/.txt and (default storage) study.db. Watch a running search with
+sigma.json, confirm.jsonl, (--transfer-to) transfer.json/.txt and (default storage) study.db. Watch a running search with
   optuna-dashboard sqlite:///runs/<study>/study.db
 
 resume: run the same command again. Finished trials and confirmation runs are
@@ -206,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_nonneg_int, default=d.seed,
                    help=f"seeds the sampler and the search's training; confirmation uses seed+1.. "
                         f"(default: {d.seed})")
+    g.add_argument("--sigma", type=_sigma, default=d.sigma, metavar="measured|S",
+                   help="std of the activation's input that the space's EAFO corrections and the zero-cost "
+                        "scores assume (x ~ N(0, S^2)). measured: the std of every MLP activation's input in "
+                        "the proxy model at init, on 512 training samples (vit-nano 0.158, vit-tiny 0.277, "
+                        "resnet-tiny 0.97); 1 is the paper's. Saved in <study>/sigma.json; a study keeps the "
+                        f"sigma it started with (default: {d.sigma})")
     g = p.add_argument_group("how much search")
     g.add_argument("--trials", type=_positive_int, default=d.trials,
                    help=f"evaluated trials the study should hold, the baselines included; duplicates "
@@ -219,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop starting new search trials after this many seconds (default: no limit)")
     g.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
                    help=f"tpe (multivariate, grouped), gp or random (default: {d.sampler})")
+    g.add_argument("--prefilter", type=_positive_int, default=d.prefilter, metavar="M",
+                   help="draw M proposals from the sampler per trial and train only the one a zero-cost "
+                        "surrogate predicts best (a Gaussian process on each function's response to "
+                        "N(0, sigma^2) and its EAFO scores, fitted to the trials trained so far; "
+                        "evaluators.prefilter, after AQuaSurF). Baselines are always trained; 1 trains every "
+                        "proposal (bench/prefilter_vs_tpe.py measures what it buys; README) "
+                        f"(default: {d.prefilter})")
     g.add_argument("--pruner", choices=PRUNERS, default=d.pruner,
                    help=f"stop poor trials early, judged per epoch: median (against earlier trials, "
                         f"baselines included) or hyperband; worth it from about 10 epochs (default: {d.pruner})")
@@ -310,7 +333,7 @@ def prepare(config: SearchConfig):
     from search.baselines import check as check_baselines
 
     config.validate()
-    space = spaces.get_space(config.space)
+    spaces.get_space(config.space)  # the name, before any data is read
     check_baselines(config.baselines)
     # for_dataset: the recipe sized for the dataset's track (text: TEXT_DEFAULTS' batch and lr)
     task = ProxyTask.for_dataset(config.dataset, model=config.model, mlp=config.mlp, epochs=config.epochs,
@@ -330,6 +353,8 @@ def prepare(config: SearchConfig):
     from search.storage import check_storage
 
     check_storage(config.storage_url, will_create=config.study_dir if config.storage is None else None)
+    # Last: measuring sigma costs seconds, and a refused run should not wait for it.
+    space = spaces.get_space(config.space, sigma=resolve_sigma(config, task)["sigma"])
     return space, task, backend
 
 
@@ -359,6 +384,27 @@ def resolve_hardware(config: SearchConfig, task):
         raise UsageError(f"--gpus-per-trial {gpus:g} reserves GPUs that --device {config.device} "
                          f"({device}) does not use")
     return task.replace(device=str(device), precision=task.resolve_precision(device))
+
+
+def resolve_sigma(config: SearchConfig, task) -> dict:
+    """The input std the study's space and scores use: {"setting", "sigma", "preactivation"}.
+
+    A number is used as given. "measured" is what the study measured when it started
+    (its sigma.json), else evaluators.preactivation_std of the task's model, dataset and
+    MLP kind at init, on the CPU (the same number on any machine; no data stays loaded).
+    """
+    from search.results import read_sigma
+
+    if config.sigma != SIGMA_MEASURED:
+        return {"setting": config.sigma, "sigma": float(config.sigma), "preactivation": None}
+    saved = read_sigma(config.study_dir)
+    if saved is not None and saved.get("setting") == SIGMA_MEASURED:
+        return saved
+    from evaluators import preactivation_std
+
+    stats = preactivation_std(task.model, task.dataset, mlp=getattr(task, "mlp", "plain"),
+                              data_root=task.data_root, device="cpu")
+    return {"setting": SIGMA_MEASURED, "sigma": stats.sigma, "preactivation": stats.to_dict()}
 
 
 def _check_study_dir(config: SearchConfig) -> None:
@@ -475,13 +521,18 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
     from search import policy
     from search.atomic import write_json
     from search.baselines import resolve
-    from search.results import write_results
+    from search.results import SIGMA_FILE, write_results
 
     study_dir = config.study_dir
     config_path = study_dir / "config.json"
     had_config = config_path.exists()
     write_json(config_path, config.to_dict())  # before the search: a killed run keeps it
+    sigma = resolve_sigma(config, task)
+    write_json(study_dir / SIGMA_FILE, sigma)
     t0 = time.perf_counter()
+    how = "measured on the model at init" if sigma["setting"] == SIGMA_MEASURED else "given"
+    print(f"sigma {sigma['sigma']:.4g} ({how}): the EAFO corrections and zero-cost scores assume inputs "
+          f"N(0, sigma^2)", file=sys.stderr)
     print(f"study {config.study_name!r} in {study_dir}/ ({config.backend}, {config.sampler}, "
           f"{config.trials} trials of {config.epochs} epochs on {config.train_size} {config.dataset} "
           f"{'sequences' if task.kind == 'text' else 'images'}, {config.model}"
@@ -521,6 +572,7 @@ def _run_locked(config: SearchConfig, space, task, backend: Backend, resume: str
         _error(_one_line(e))
         if not had_config:
             config_path.unlink()
+            (study_dir / SIGMA_FILE).unlink(missing_ok=True)
         return EXIT_USAGE
     except SearchInterrupted as e:
         return _partial(config, e.records, task, resume, "the search was interrupted", t0)

@@ -332,3 +332,22 @@ def test_a_language_model_study_and_its_transfer_check_run_on_ray_workers(ray_ad
     assert len(moved) == 2 * len(rows) and all(r["pid"] != os.getpid() for r in moved)
     rep = json.loads((study_dir / "transfer.json").read_text())
     assert rep["second"]["direction"] == "maximize" and rep["n"] == len(rows)
+
+
+def test_ray_workers_build_the_drivers_candidates_at_its_sigma_and_prefilter(ray_address, tmp_path, fashion_root):
+    """--sigma and --prefilter on Ray: the space travels with its sigma, so every trial a
+    worker trained is the candidate the driver's space (sigma 0.16) builds from the trial's
+    params; with --prefilter 3 the study holds only the trials that trained."""
+    task = ProxyTask(epochs=1, train_size=64, val_size=64, device="cpu", data_root=fashion_root)
+    config = SearchConfig(space="eafo_default", runs_dir=str(tmp_path), trials=7, epochs=1, train_size=64,
+                          val_size=64, backend="ray", ray_address=ray_address, max_concurrent=1, study="pf",
+                          prefilter=3, sigma=0.16).validate()
+    config.study_dir.mkdir(parents=True, exist_ok=True)
+    space = spaces.get_space("eafo_default", sigma=0.16)
+    records = rb.run_ray(config, space, task, config.study_dir, progress=False)
+    assert policy.evaluated(records) == 7 and [r.baseline for r in records[:4]] == list(spaces.BASELINES)
+    searched = [r for r in records if r.params is not None and r.duplicate_of is None]
+    assert len(searched) == 3 and all(r.status == "ok" for r in searched)
+    for r in searched:
+        assert r.fingerprint == space.build(r.params).fingerprint
+        assert r.candidate == space.build(r.params).to_dict()

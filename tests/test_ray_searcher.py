@@ -227,3 +227,21 @@ def test_bad_addresses_are_usage_errors(address):
 
     with pytest.raises(UsageError, match="--ray-address"):
         rb.connect(address)
+
+
+def test_prefilter_asks_optuna_m_proposals_trains_one_and_fails_the_others():
+    """--prefilter 3 on Ray: each searched suggestion is one of 3 OptunaSearch proposals;
+    the 2 not chosen are told to Optuna as FAIL (never a score), and the prefilter learns
+    from every trained trial that finishes."""
+    s = rb.BaselinesFirstSearcher(FewBases(), "random", seed=0, max_concurrent=None,
+                                  baselines=dict(spaces.BASELINES), metric=ACCURACY, target=100, prefilter=3)
+    for i, c in enumerate(start_baselines(s)):
+        s.on_trial_complete(f"b{i}", result=final(score=0.8 - 0.01 * i))
+    assert sorted(s._prefilter.seen) == [0, 1, 2, 3]
+    c = s.suggest("s0")
+    states = [t.state.name for t in s._optuna._ot_study.trials]
+    assert len(states) == 3 and states.count("FAIL") == 2 and states.count("RUNNING") == 1
+    running = next(t for t in s._optuna._ot_study.trials if t.state.name == "RUNNING")
+    assert c["params"] == running.params
+    s.on_trial_complete("s0", result=final(score=0.5))
+    assert 4 in s._prefilter.seen or "duplicate_of" in c  # a trained trial teaches the prefilter

@@ -53,6 +53,40 @@ def test_a_study_remembers_the_settings_its_results_depend_on():
     assert "trials" not in STUDY_KEYS
 
 
+@pytest.mark.parametrize("field,value", [("sigma", 0.0), ("sigma", -1.0), ("sigma", math.nan), ("sigma", "1"),
+                                         ("sigma", True), ("prefilter", 0), ("prefilter", 2.5)])
+def test_bad_sigma_and_prefilter_are_refused_naming_the_option(field, value):
+    with pytest.raises(UsageError, match=f"--{field}"):
+        SearchConfig(**{field: value}).validate()
+
+
+def test_sigma_is_measured_or_a_positive_number_on_the_command_line(capsys):
+    parse = run.build_parser().parse_args
+    assert run.config_from_args(parse([])).sigma == "measured"
+    assert run.config_from_args(parse(["--sigma", "1"])).sigma == 1.0
+    assert run.config_from_args(parse(["--sigma", "0.158", "--prefilter", "8"])).prefilter == 8
+    with pytest.raises(SystemExit) as e:
+        parse(["--sigma", "auto"])
+    assert e.value.code == run.EXIT_USAGE
+    assert "'auto' is neither 'measured' nor a positive number" in capsys.readouterr().err
+    text = run.build_parser().format_help()
+    for words in ("--sigma", "measured", "vit-nano 0.158", "1 is the paper's", "--prefilter", "surrogate"):
+        assert words in text
+
+
+def test_a_study_keeps_its_sigma_and_one_from_before_sigma_ran_at_one(tmp_path):
+    """sigma decides which candidate a point of the space is: a study resumed with another
+    one is refused; a config.json saved before --sigma existed ran at the paper's sigma = 1."""
+    assert "sigma" in STUDY_KEYS and "prefilter" not in STUDY_KEYS
+    assert SearchConfig().study_mismatch(SearchConfig(sigma=1.0)) == ["sigma=1.0 (now 'measured')"]
+    assert SearchConfig(prefilter=8).study_mismatch(SearchConfig()) == []
+    old = SearchConfig().to_dict()
+    del old["sigma"], old["prefilter"]
+    (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+    loaded = SearchConfig.load(tmp_path / "config.json")
+    assert loaded.sigma == 1.0 and loaded.prefilter == 1
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_score_is_an_outcome_not_a_number(bad):
     result = SimpleNamespace(status="ok", score=bad, reason=None, history=[{"val_acc": bad}],
@@ -176,3 +210,30 @@ def test_transfer_settings_are_parsed_from_key_value_pairs():
     config = run.config_from_args(args)
     assert config.transfer_set == {"epochs": 1, "test_size": None}
     assert SearchConfig.from_dict(config.to_dict()) == config
+
+
+def test_sigma_resolves_to_the_number_given_or_the_one_the_study_measured_when_it_started(tmp_path, monkeypatch,
+                                                                                        fashion_root):
+    """A number is used as given; "measured" measures the task's model at init (vit-nano:
+    0.02 sqrt(64) = 0.16) unless the study's sigma.json holds a measurement, which a
+    resumed study reuses without measuring again (another machine would round differently)."""
+    import json
+
+    import evaluators
+    from evaluators import ProxyTask
+
+    task = ProxyTask(data_root=fashion_root)
+    given = run.resolve_sigma(SearchConfig(sigma=1.0, runs_dir=str(tmp_path)), task)
+    assert given == {"setting": 1.0, "sigma": 1.0, "preactivation": None}
+    fresh = run.resolve_sigma(SearchConfig(runs_dir=str(tmp_path)), task)
+    assert fresh["setting"] == "measured" and abs(fresh["sigma"] - 0.16) < 0.01
+    assert fresh["preactivation"]["model"] == "vit-nano" and len(fresh["preactivation"]["per_layer"]) == 4
+    config = SearchConfig(runs_dir=str(tmp_path))
+    config.study_dir.mkdir(parents=True)
+    (config.study_dir / "sigma.json").write_text(json.dumps({**fresh, "sigma": 0.2}))
+
+    def no_measuring(*a, **k):
+        raise AssertionError("a study that measured sigma must not measure it again")
+
+    monkeypatch.setattr(evaluators, "preactivation_std", no_measuring)
+    assert run.resolve_sigma(config, task)["sigma"] == 0.2

@@ -251,3 +251,42 @@ def test_duplicates_do_not_count_and_an_exhausted_space_ends_the_search(tmp_path
     tail = records[-MAX_DUPLICATES_IN_A_ROW:]
     assert all(r.duplicate_of is not None for r in tail)
     assert "space looks exhausted" in capsys.readouterr().err
+
+
+def test_prefilter_trains_the_surrogates_pick_of_m_sampler_proposals_on_a_real_study(tmp_path, fashion_root,
+                                                                                      monkeypatch):
+    """--prefilter 4 on eafo_default with real training: every searched trial trains the
+    proposal policy.Prefilter chose among 4 of the sampler's (the highest upper bound of
+    the surrogate, fitted to the trials before it); the proposals not chosen leave no trial
+    in the study; the baselines still come first."""
+    import numpy as np
+
+    from evaluators import ProxyTask
+    from search import policy
+
+    chosen = []
+    original = policy.Prefilter.choose
+
+    def spy(self, proposals, evaluated=frozenset()):
+        index = original(self, proposals, evaluated)
+        mean, std = self.surrogate.predict([b.candidate for b in proposals])
+        chosen.append({"proposals": proposals, "index": index, "ucb": mean + self.surrogate.kappa * std,
+                       "observed": len(self.surrogate._seen)})
+        return index
+
+    monkeypatch.setattr(policy.Prefilter, "choose", spy)
+    task = ProxyTask(epochs=1, train_size=64, val_size=50, batch_size=32, device="cpu", data_root=fashion_root)
+    config = _config(tmp_path, space="eafo_default", trials=7, epochs=1, sampler="tpe", prefilter=4)
+    space = spaces.get_space("eafo_default", sigma=0.16)
+    records = run_optuna(config, space, task, config.study_dir, progress=False)
+    study = open_study(config, task)
+    assert len(study.trials) == len(records) == 7
+    assert all(t.state != TrialState.FAIL for t in study.trials)
+    assert [r.baseline for r in records[:4]] == list(spaces.BASELINES)
+    assert len(chosen) == 3 and all(len(c["proposals"]) == 4 for c in chosen)
+    for c, r in zip(chosen, records[4:]):
+        assert c["observed"] >= 4  # the four baselines at least: the surrogate is in use
+        pick = c["proposals"][c["index"]]
+        assert r.fingerprint == pick.fingerprint and r.candidate == pick.candidate.to_dict()
+        built = [i for i, b in enumerate(c["proposals"]) if b.candidate is not None]
+        assert c["ucb"][c["index"]] == pytest.approx(np.nanmax(c["ucb"][built]))

@@ -125,3 +125,57 @@ def test_the_default_baselines_are_the_papers_and_bad_lists_are_one_line_errors(
         check(["gelu", "swish2"])
     with pytest.raises(UsageError, match="must include gelu"):
         check(["relu"])
+
+
+# ---------------------------------------------------------------------------
+# The prefilter (--prefilter M)
+# ---------------------------------------------------------------------------
+
+SMOOTH_RELUS = ("gelu(x)", "silu(x)", "softplus(x) - log(2)", "elu(x)", "mish(x)")
+SATURATING = ("tanh(x)", "sigmoid(x)", "x/(1 + abs(x))")
+
+
+def _trained(prefilter, metric):
+    """Smooth ReLU-like activations trained well, saturating ones poorly (accuracy or bpc)."""
+    for i, f in enumerate(SMOOTH_RELUS[:3] + SATURATING[:2]):
+        acc = 0.85 if f in SMOOTH_RELUS else 0.70
+        score = acc if metric is ACCURACY else 3.0 - acc  # bits per character: lower is better
+        prefilter.observe(i, spaces.parse(f), "ok", score)
+
+
+@pytest.mark.parametrize("metric", [ACCURACY, BITS_PER_CHAR], ids=["accuracy", "bpc"])
+def test_the_prefilter_trains_the_proposal_that_looks_like_what_trained_well(metric):
+    """After five trained candidates, of [saturating, saturating, smooth ReLU-like] proposals
+    the prefilter trains the ReLU-like one (not the sampler's first), in either direction."""
+    pf = policy.Prefilter(4, 1.0, metric.direction)
+    _trained(pf, metric)
+    proposals = [policy.Built(c, c.fingerprint) for c in
+                 (spaces.parse("2*tanh(x)"), spaces.parse("x/(2 + abs(x))"), spaces.parse("elu(x)"))]
+    assert pf.choose(proposals) == 2
+
+
+def test_the_prefilter_never_picks_a_rejected_or_evaluated_proposal_while_another_is_left():
+    pf = policy.Prefilter(3, 1.0, "maximize")
+    _trained(pf, ACCURACY)
+    gelu = spaces.parse("gelu(x)")  # trained well, but evaluated already
+    rejected = policy.Built(None, None, "cannot be built")
+    tanh = spaces.parse("2*tanh(x)")
+    proposals = [rejected, policy.Built(gelu, gelu.fingerprint), policy.Built(tanh, tanh.fingerprint)]
+    assert pf.choose(proposals, evaluated={gelu.fingerprint}) == 2
+    assert pf.choose(proposals[:2], evaluated={gelu.fingerprint}) == 1  # only a duplicate left: it (free)
+    assert pf.choose([rejected, rejected]) == 0
+
+
+def test_the_prefilter_learns_once_per_trial_and_not_from_duplicates_rejections_or_errors():
+    pf = policy.Prefilter(2, 1.0, "maximize")
+    assert pf.on and not policy.Prefilter(1, 1.0, "maximize").on
+    c = spaces.parse("gelu(x)")
+    pf.observe(0, c, "ok", 0.8)
+    pf.observe(0, c, "ok", 0.8)                  # the same trial again
+    pf.observe(1, c, "ok", 0.8, duplicate=True)  # reuses trial 0's result
+    pf.observe(2, c, "rejected", None)
+    pf.observe(3, c, "error", None)
+    pf.observe(4, spaces.parse("tanh(x)"), "diverged", None)  # learned as the worst seen
+    assert sorted(pf.seen) == [0, 4] and len(pf.surrogate._seen) == 2
+    with pytest.raises(ValueError, match="prefilter"):
+        policy.Prefilter(0, 1.0, "maximize")

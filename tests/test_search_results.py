@@ -148,22 +148,49 @@ def test_an_unfinished_confirmation_writes_a_partial_leaderboard_but_no_best_jso
     assert "not confirmed" in summary.text and "partial" in summary.text
 
 
-def test_every_row_carries_its_zero_cost_scores_and_the_summary_says_how_well_they_ranked(tmp_path):
-    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
-    for r in rows:
-        expected = entropy_score(spaces.Candidate.from_dict(r["candidate"]))
-        assert r["output_entropy"] == pytest.approx(expected["output_entropy"])
-        assert r["wafbc_distance"] == pytest.approx(expected["wafbc_distance"])
-    # search scores 0.80..0.83 (baselines), 0.86 (CAND), 0.70 (tanh): tau of -entropy against them
+def test_every_row_carries_its_zero_cost_scores_at_the_studys_sigma_and_the_summary_ranks_by_negentropy(tmp_path):
+    """Rows carry evaluators.entropy_score's features at the sigma of the study's sigma.json;
+    the printed tau is negentropy (scale-free, bin-free) against the search score."""
     from scipy.stats import kendalltau
-    tau = kendalltau([-r["output_entropy"] for r in rows], [r["search_score"] for r in rows]).statistic
+
+    from search.results import ZERO_COST_KEYS
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}), sigma=0.16)
+    for r in rows:
+        expected = entropy_score(spaces.Candidate.from_dict(r["candidate"]), 0.16)
+        for key in ZERO_COST_KEYS:
+            assert r[key] == pytest.approx(expected[key]), key
+    relu = next(r for r in rows if r["label"] == "relu")
+    assert relu["atom_mass"] == pytest.approx(0.5, abs=1e-3)  # ReLU's point mass at 0
+    at_one = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    assert at_one[0]["negentropy"] != pytest.approx(rows[0]["negentropy"])  # sigma matters
+    # search scores 0.80..0.83 (baselines), 0.86 (CAND), 0.70 (tanh): tau of negentropy against them
+    tau = kendalltau([r["negentropy"] for r in rows], [r["search_score"] for r in rows]).statistic
     agreement = zero_cost_agreement(rows)
     assert agreement["n"] == 6 and agreement["tau"] == pytest.approx(tau)
+    (tmp_path / "sigma.json").write_text(json.dumps({"setting": "measured", "sigma": 0.16, "preactivation": None}))
     summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}),
                             SearchConfig(runs_dir=str(tmp_path), study="s"), plots=False)
-    assert f"Kendall tau {tau:+.2f}" in summary.text
+    assert f"negentropy (higher first) and the ranking by search score have Kendall tau {tau:+.2f}" \
+        in summary.text
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
-    assert "output_entropy" in header and "wafbc_distance" in header
+    assert {"negentropy", "wafbc_distance", "atom_mass", "output_entropy"} <= set(header)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["sigma"] == {"setting": "measured", "sigma": 0.16, "preactivation": None}
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert [r["negentropy"] for r in board] == pytest.approx([r["negentropy"] for r in rows])
+
+
+def test_a_study_without_sigma_json_is_scored_at_the_papers_sigma(tmp_path):
+    """Studies from before --sigma ran at sigma = 1: their rows and best.json say so."""
+    summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}),
+                            SearchConfig(runs_dir=str(tmp_path), study="s"), plots=False)
+    assert summary.best["sigma"]["sigma"] == 1.0
+    expected = entropy_score(spaces.Candidate.from_dict(summary.rows[0]["candidate"]), 1.0)
+    assert summary.rows[0]["negentropy"] == pytest.approx(expected["negentropy"])
+    (tmp_path / "sigma.json").write_text("{not json")
+    from search.exceptions import UsageError
+    with pytest.raises(UsageError, match="sigma.json is not a readable sigma file"):
+        write_results(tmp_path, _records(), [], SearchConfig(runs_dir=str(tmp_path), study="s"), plots=False)
 
 
 def test_zero_cost_agreement_needs_four_scored_rows():
@@ -173,9 +200,9 @@ def test_zero_cost_agreement_needs_four_scored_rows():
 
 def test_a_candidate_the_zero_cost_score_cannot_handle_leaves_the_columns_empty():
     from search.results import _zero_cost
-    assert _zero_cost({"formula": "x +* 1", "coefficients": []}) == \
-        {"output_entropy": None, "wafbc_distance": None}
-    assert _zero_cost(None) == {"output_entropy": None, "wafbc_distance": None}
+    empty = {"negentropy": None, "wafbc_distance": None, "atom_mass": None, "output_entropy": None}
+    assert _zero_cost({"formula": "x +* 1", "coefficients": []}) == empty
+    assert _zero_cost(None) == empty
 
 
 # ---------------------------------------------------------------------------
@@ -228,13 +255,14 @@ def test_zero_cost_plots_the_quantities_whose_tau_it_prints(figures, tmp_path):
 
     from search import plots
 
-    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
-    plots.plot_zero_cost(tmp_path / "z.png", rows)
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}), sigma=0.16)
+    plots.plot_zero_cost(tmp_path / "z.png", rows, sigma=0.16)
     ax = figures[0].axes[0]
     xy = ax.collections[0].get_offsets()
     tau = kendalltau(xy[:, 0], xy[:, 1]).statistic
-    assert f"{tau:+.2f}" in ax.get_title() and "-H" in ax.get_xlabel()
-    assert sorted(xy[:, 0]) == pytest.approx(sorted(-r["output_entropy"] for r in rows))
+    assert f"{tau:+.2f}" in ax.get_title()
+    assert "negentropy" in ax.get_xlabel() and "0.16" in ax.get_xlabel()
+    assert sorted(xy[:, 0]) == pytest.approx(sorted(r["negentropy"] for r in rows))
 
 
 def test_point_labels_never_overprint(figures, tmp_path):

@@ -103,6 +103,14 @@ def test_a_search_writes_the_leaderboard_best_json_and_plots_with_every_baseline
     assert not (study_dir / "confirm_checkpoints").exists() or \
         not list((study_dir / "confirm_checkpoints").iterdir())  # finished runs leave no checkpoint
     assert SearchConfig.load(study_dir / "config.json").trials == 6
+    # sigma: measured on vit-nano at init (0.02 sqrt(64) = 0.16), saved, used by the space and scores
+    sigma = json.loads((study_dir / "sigma.json").read_text())
+    assert sigma["setting"] == "measured" and sigma["sigma"] == pytest.approx(0.158, abs=0.005)
+    assert sigma["preactivation"]["model"] == "vit-nano" and sigma["preactivation"]["mlp"] == "plain"
+    assert best["sigma"] == sigma
+    from evaluators import entropy_score
+    assert rows[0]["negentropy"] == pytest.approx(entropy_score(
+        spaces.Candidate.from_dict(rows[0]["candidate"]), sigma["sigma"])["negentropy"])
 
 
 def test_running_the_same_command_again_trains_nothing(finished_run, monkeypatch, capsys):
@@ -172,6 +180,9 @@ BAD = {
     "sqlite but not optuna": (["--study", "notoptuna"], "not an Optuna one"),
     "corrupt config.json": (["--study", "badconfig"], "not a readable config"),
     "other settings than the study's": (["--epochs", "1"], "was run with epochs=3"),
+    "another sigma than the study's": (["--epochs", "3", "--sigma", "1"], "was run with sigma='measured' (now 1.0)"),
+    "a sigma that is no width": (["--sigma", "0"], "--sigma"),
+    "no proposal per trial": (["--prefilter", "0"], "--prefilter"),
     "missing data root": (["--data-root", "/nonexistent/data"], "Fashion-MNIST not found"),
     "unknown baseline": (["--baselines", "gelu,nope"], "valid names: " + ", ".join(spaces.list_activations())),
     "baselines without gelu": (["--baselines", "relu,silu"], "must include gelu"),

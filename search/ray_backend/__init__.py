@@ -129,7 +129,8 @@ def _search(config, space, task, study_dir: Path, progress: bool) -> list[TrialR
 
     name = EXPERIMENT if not segments else f"{EXPERIMENT}-{len(segments) + 1}"
     searcher = BaselinesFirstSearcher(space, config.sampler, config.seed, config.max_concurrent,
-                                      baselines=resolve(config.baselines), metric=task.metric, target=remaining)
+                                      baselines=resolve(config.baselines), metric=task.metric, target=remaining,
+                                      prefilter=getattr(config, "prefilter", 1))
     if segments:
         searcher.restore_from_dir(str(segments[-1]))
         searcher.new_segment(config.max_concurrent, remaining)

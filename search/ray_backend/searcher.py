@@ -54,7 +54,7 @@ class BaselinesFirstSearcher(Searcher):
     """
 
     def __init__(self, space, sampler: str, seed: int, max_concurrent: int | None, *, baselines: dict,
-                 metric, target: int):
+                 metric, target: int, prefilter: int = 1):
         from search.optuna_backend import make_sampler
 
         import optuna
@@ -77,6 +77,8 @@ class BaselinesFirstSearcher(Searcher):
         self._held: list[dict] = []               # duplicates of running trials: {inner, params, fp}
         self._live: set[str] = set()              # suggested, not yet complete
         self.rules = policy.StopRules()
+        self._prefilter = policy.Prefilter(prefilter, getattr(space, "sigma", 1.0), metric.direction)  # --prefilter M
+        self._candidates: dict[int, object] = {}  # number -> Candidate of a trial that trains (prefilter)
 
     @property
     def stop_reason(self) -> str | None:
@@ -114,15 +116,38 @@ class BaselinesFirstSearcher(Searcher):
         for _ in range(MAX_ASKS):
             if len(self._held) >= MAX_HELD:
                 return None
-            inner = f"ask_{self._asks}"
-            self._asks += 1
-            params = dict(self._optuna.suggest(inner))
-            fp = policy.build(self._space, {}, params=params).fingerprint
+            inner, params, fp = self._ask()
             owner = self._registry.owner(fp)
             if owner is None or owner[1] is not None:
                 return self._emit(trial_id, {"params": params}, inner, fp)
             self._held.append({"inner": inner, "params": params, "fp": fp})
         return None
+
+    def _ask(self) -> tuple[str, dict, str | None]:
+        """One proposal of OptunaSearch (inner id, params, fingerprint); under --prefilter M, the
+        one of M that policy.Prefilter chooses, the M - 1 others told to Optuna as failed."""
+        asked = []
+        for _ in range(self._prefilter.m):
+            inner = f"ask_{self._asks}"
+            self._asks += 1
+            params = dict(self._optuna.suggest(inner))
+            asked.append((inner, params, policy.build(self._space, {}, params=params)))
+        pick = 0
+        if self._prefilter.on:
+            finished = {fp for fp, o in self._registry.owners.items() if o["outcome"] is not None}
+            pick = self._prefilter.choose([b for _, _, b in asked], finished)
+            for i, (inner, _, _) in enumerate(asked):
+                if i != pick:
+                    self._optuna.on_trial_complete(inner, result=None, error=True)
+        inner, params, built = asked[pick]
+        return inner, params, built.fingerprint
+
+    def _observe(self, info: dict, outcome) -> None:
+        """Teach the prefilter a finished trial that trained its own candidate."""
+        if not self._prefilter.on or info["dup"] or outcome is None:
+            return
+        candidate = self._candidates.pop(info["number"], None)
+        self._prefilter.observe(info["number"], candidate, outcome.status, outcome.score)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         info = self._trials.get(trial_id)
@@ -148,6 +173,7 @@ class BaselinesFirstSearcher(Searcher):
                 self._counted.add(trial_id)
             return
         info["done"] = True
+        self._observe(info, outcome)
         self.rules.observe("error" if error else outcome.status, info["dup"],
                            "the trial failed" if error else outcome.reason)
         if error:
@@ -181,6 +207,7 @@ class BaselinesFirstSearcher(Searcher):
 
     # -- helpers --
     def _emit(self, trial_id: str, config: dict, inner: str | None, fp: str | None) -> dict:
+        c = config
         number = self._number
         self._number += 1
         owner = self._registry.owner(fp)
@@ -191,10 +218,20 @@ class BaselinesFirstSearcher(Searcher):
         else:
             self._registry.claim(fp, number)
             self._counted.add(trial_id)
+            if self._prefilter.on:  # what the prefilter learns from once the trial ends
+                built = policy.build(self._space, {c["baseline"]: _from_dict(c["candidate"])} if "baseline" in c
+                                     else {}, params=c.get("params"), baseline=c.get("baseline"))
+                self._candidates[number] = built.candidate
         self._trials[trial_id] = {"number": number, "inner": inner, "fp": fp, "done": False, "epochs": [],
                                   "dup": dup}
         self._live.add(trial_id)
         return {"number": number, **config}
+
+
+def _from_dict(d: dict):
+    import spaces
+
+    return spaces.Candidate.from_dict(d)
 
 
 __all__ = ["BaselinesFirstSearcher", "RUN", "TIME_ATTR", "mode", "MAX_HELD", "MAX_ASKS"]
