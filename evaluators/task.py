@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 
 from evaluators import data as data_mod
 from evaluators import text as text_mod
@@ -359,9 +360,15 @@ class _Run:
         self.steps_per_epoch = data.n_steps(task.batch_size)
         self.total_steps = task.epochs * self.steps_per_epoch
         self.warmup = max(1, round(task.warmup_fraction * self.total_steps))
-        # fused: one kernel per step for all parameters on CUDA (the default there is foreach)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, task.weight_decay), lr=task.lr,
-                                           betas=(0.9, 0.999), fused=device.type == "cuda" or None)
+        # timm's AdamW with its parameter groups: weight decay on weight matrices only, not on
+        # biases, norm gains, what the model's no_weight_decay() names (position embeddings,
+        # class token), or scalar activation coefficients (decaying those would pull every
+        # correction term towards zero). fused: one kernel per step on CUDA (default: foreach).
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=task.lr, weight_decay=task.weight_decay,
+                                             betas=(0.9, 0.999), fused=device.type == "cuda" or None)
+        # Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init (0 wastes the first
+        # step) and peaks one step later than this recipe, whose first step already has lr/warmup
+        # and whose cosine reaches 0 after the last step; no step offset matches both phases.
         warmup, total = self.warmup, self.total_steps
 
         def lr_factor(step: int) -> float:  # step = optimizer steps taken so far
@@ -559,19 +566,6 @@ def _cpu_copy(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only (timm's convention): not on biases, norm
-    gains, position embeddings, class tokens, or scalar activation coefficients
-    (decaying those would pull every correction term towards zero)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @contextlib.contextmanager
