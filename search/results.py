@@ -44,6 +44,7 @@ import io
 import json
 import platform
 import sys
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -159,6 +160,13 @@ def _decide(rows: list[dict], metric: Metric) -> None:
 
 def _is_trial_label(label: str) -> bool:
     return label.startswith("trial_") and label[6:].isdigit()
+
+
+# What a learned coefficient in the table, the plots and best.json is: each activation module
+# (one per layer) learns its own value, so one number is a mean.
+LEARNED_ARE = ("fixed ones as name=value, learnable ones as name initial->learned, where learned is the MEAN over "
+               "the model's activation layers and over the confirmation seeds (an unconfirmed row: its one "
+               "search trial)")
 
 
 def coefficient_text(candidate: dict | None, learned: dict | None) -> str:
@@ -292,6 +300,8 @@ def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int =
     n_more = sum(not r["confirmed"] for r in rows) - shown_unconfirmed
     if n_more:
         out.append(f"(+ {n_more} more searched, unconfirmed candidate(s) in leaderboard.csv)")
+    if any("->" in line[3] for line in lines):  # a learned value is a mean: say of what
+        out += textwrap.wrap(f"(coefficients: {LEARNED_ARE}; per seed and per layer in leaderboard.json)", 110)
     return "\n".join(out)
 
 
@@ -432,6 +442,9 @@ def _best_json(row: dict, rows: list[dict], records: list[TrialRecord], confirma
         # behind it, per seed and per layer, in learned_coefficients_per_seed
         "learned_coefficients": row["learned_coefficients"],
         "learned_coefficients_per_seed": row["learned_coefficients_per_seed"],
+        "learned_coefficients_are": f"means over the activation layers of each trained model, then over the "
+                                    f"{row['n_seeds']} confirmation seeds; learned_coefficients_per_seed: seed "
+                                    "-> coefficient -> one value per layer",
         "confirmed": {"metric": metric.key("test"), "direction": metric.direction, "mean": row["mean"],
                       "std": row["std"], "n_seeds": row["n_seeds"], "seeds": row["seeds"],
                       "per_seed": row["per_seed"]},

@@ -113,6 +113,19 @@ def test_a_minimizing_metric_ranks_lower_first_and_decides_on_improvements():
     assert agreement["y"] == [-r["search_score"] for r in rows]
 
 
+def test_rows_of_one_formula_are_told_apart_by_their_coefficients_and_a_learned_value_is_called_a_mean():
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    table = format_table(rows)
+    same = {r["label"]: r["coefficients"] for r in rows if r["formula"] == CAND.formula}
+    assert same == {"trial_4": "eps -0.3->-0.25", "crrelu": "eps 0.01->0.02"}  # init -> learned mean
+    assert all(any(line.split()[1] == label and text in line for line in table.splitlines())
+               for label, text in same.items())
+    assert "learned is the MEAN over the model's activation layers and over the confirmation seeds" \
+        in " ".join(table.split())  # the note is wrapped
+    fixed = build_leaderboard([_trial(0, spaces.parse("x*sigmoid(a*x)", init={"a": 1.1}), 0.8)], [])
+    assert fixed[0]["coefficients"] == "a=1.1" and "MEAN" not in format_table(fixed)  # nothing learned
+
+
 def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_gelu(tmp_path):
     config = SearchConfig(runs_dir=str(tmp_path), study="s")
     summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}), config)
@@ -127,6 +140,8 @@ def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_
     assert best["learned_coefficients"] == {"eps": pytest.approx(-0.25)}
     assert best["learned_coefficients_per_seed"] == {"1": {"eps": [-0.2, -0.3]}, "2": {"eps": [-0.2, -0.3]},
                                                      "3": {"eps": [-0.2, -0.3]}}
+    assert "means over the activation layers" in best["learned_coefficients_are"] and \
+        "3 confirmation seeds" in best["learned_coefficients_are"]  # the mean says it is one
     assert best["confirmed"]["seeds"] == [1, 2, 3] and best["confirmed"]["n_seeds"] == 3
     assert best["confirmed"]["metric"] == "test_acc" and best["confirmed"]["direction"] == "maximize"
     assert best["vs_gelu"]["beats_gelu"] is False and "Holm" in best["vs_gelu"]["decision"]
