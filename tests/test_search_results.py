@@ -235,7 +235,7 @@ def test_activation_curves_are_told_apart_and_clipped_ones_are_marked(figures, t
     # f'(0) = 4 and f(-1) = -1.82 leave the axes; gelu stays inside both
     assert drawn["trial_8"]["clipped"] == ["f(x)", "f'(x)"] and not drawn["gelu"]["clipped"]
     d_legend = [t.get_text() for t in figures[0].axes[1].get_legend().get_texts()]
-    assert any("clipped" in t for t in d_legend)
+    assert any("clipped" in t for t in d_legend) and any("clipped" in t for t in legend)  # both panels
 
 
 def test_zero_cost_plots_the_quantities_whose_tau_it_prints(figures, tmp_path):
@@ -271,3 +271,24 @@ def test_point_labels_never_overprint(figures, tmp_path):
     assert len(placed) == 14 or (left_out and all(f"trial_{i}" in left_out[0] for i in range(14)
                                                   if all(p.get_text() != f"trial_{i}" for p in placed)))
     plt.close(fig)
+
+
+def test_the_history_draws_a_duplicate_hollow_and_keeps_labels_off_the_legend(figures, tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from search import plots
+
+    plots.plot_history(tmp_path / "h.png", _records())
+    ax = figures[0].axes[0]
+    assert "1 duplicate, not trained" in ax.get_title()
+    by_label = dict(zip([t.get_text() for t in ax.get_legend().get_texts()], ax.get_legend().legend_handles))
+    hollow = next(c for c in ax.collections if c.get_label().startswith("duplicate"))
+    assert hollow.get_offsets().tolist() == [[6, 86.0]]  # trial 6, the duplicate of trial 4
+    assert hollow.get_facecolors().size == 0 or to_rgba(hollow.get_facecolors()[0])[3] == 0
+    assert "duplicate (earlier score, not trained)" in by_label
+    trials = next(c for c in ax.collections if c.get_label() == "trial")
+    assert [6, 86.0] not in trials.get_offsets().tolist()
+    renderer = figures[0].canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    labels = [t for t in ax.texts if t.get_text() in ("gelu", "relu", "silu", "crrelu")]
+    assert len(labels) == 4 and not any(t.get_window_extent(renderer).overlaps(legend_box) for t in labels)
