@@ -20,6 +20,7 @@ nowhere is listed under the plot instead of printed over another.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ F_LIM, D_LIM = (-1.5, 4.5), (-0.6, 1.8)
 REFERENCES = ("gelu", "relu")
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+LEGEND_WIDTH = 72              # characters per legend line: about the width of one panel at fontsize 7
 # label offsets tried in turn, in points from the point: near first, then farther
 _OFFSETS = [(dx * r, dy * r) for r in (5, 12) for dx, dy in ((1, 1), (1, -1.6), (-1, 1), (-1, -1.6),
                                                            (0, 1.4), (0, -2), (1.4, 0), (-1.4, 0))]
@@ -89,9 +91,12 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
         except (ValueError, TypeError, RuntimeError) as e:  # drawn as missing, said in the legend
             ax_f.plot([], [], label=f"{r['label']}: cannot draw ({e})")
             continue
-        coefs = f" [{r['coefficients']}]" if r.get("coefficients") else ""
+        coefs = f"[{r['coefficients']}]" if r.get("coefficients") else ""
         formula = r["formula"] if len(r["formula"]) <= 45 else r["formula"][:42] + "..."
-        text = f"#{r['rank']} {r['label']} ({_score_text(r, metric)}): {formula}{coefs}"
+        text = f"#{r['rank']} {r['label']} ({_score_text(r, metric)}): {formula}"
+        # wrapped, not one long line: a legend wider than its panel squeezes both plots
+        text = "\n    ".join([text, *textwrap.wrap(coefs, LEGEND_WIDTH)]) \
+            if len(text) + len(coefs) >= LEGEND_WIDTH else f"{text} {coefs}".rstrip()
         # own line style and marker, markers offset along x: coinciding curves stay visible
         style = dict(color=f"C{i}", lw=1.8, ls=LINE_STYLES[i % len(LINE_STYLES)],
                      marker=MARKERS[i % len(MARKERS)], markersize=5, markevery=(5 + 9 * i, 40))

@@ -292,3 +292,19 @@ def test_the_history_draws_a_duplicate_hollow_and_keeps_labels_off_the_legend(fi
     legend_box = ax.get_legend().get_window_extent(renderer)
     labels = [t for t in ax.texts if t.get_text() in ("gelu", "relu", "silu", "crrelu")]
     assert len(labels) == 4 and not any(t.get_window_extent(renderer).overlaps(legend_box) for t in labels)
+
+
+def test_long_formulas_and_many_coefficients_wrap_in_the_legend_and_leave_the_panels_their_width(figures, tmp_path):
+    from search import plots
+
+    long = spaces.parse("relu(x) + eps*x*exp(-x**2/2) + beta*tanh(gamma*x) + delta*x**2*exp(-x**2)",
+                        init={"eps": 0.0123, "beta": -0.314, "gamma": 1.234, "delta": 0.05},
+                        learnable=["eps", "beta", "gamma"])
+    conf = _confirmations({1: 0.860, 2: 0.845, 3: 0.858}) + _confirm(
+        "trial_8", long, {1: 0.85, 2: 0.85, 3: 0.86}, {"eps": 0.0234, "beta": -0.2871, "gamma": 1.3012})
+    plots.plot_activations(tmp_path / "a.png", build_leaderboard(_records() + [_trial(8, long, 0.85)], conf))
+    fig = figures[0]
+    entry = next(t.get_text() for t in fig.axes[0].get_legend().get_texts() if "trial_8" in t.get_text())
+    assert "gamma 1.23->1.3" in entry and "delta=0.05" in entry  # every coefficient, fixed and learned
+    assert all(len(line) <= plots.LEGEND_WIDTH + 4 for line in entry.splitlines()) and "\n" in entry
+    assert all(ax.get_position().width > 0.38 for ax in fig.axes[:2])  # not squeezed by a wide legend
