@@ -179,6 +179,7 @@ def test_every_row_carries_its_zero_cost_scores_and_the_summary_says_how_well_th
     assert f"Kendall tau {tau:+.2f}" in summary.text
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert "output_entropy" in header and "wafbc_distance" in header
+    assert "learned_coefficients_mean" in header and "learned_coefficients" not in header  # says it is a mean
 
 
 def test_zero_cost_agreement_needs_four_scored_rows():
