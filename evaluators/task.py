@@ -25,12 +25,14 @@ import platform
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 
 from evaluators import data as data_mod
 from evaluators import text as text_mod
@@ -361,9 +363,15 @@ class _Run:
         self.steps_per_epoch = data.n_steps(task.batch_size)
         self.total_steps = task.epochs * self.steps_per_epoch
         self.warmup = max(1, round(task.warmup_fraction * self.total_steps))
-        # fused: one kernel per step for all parameters on CUDA (the default there is foreach)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, task.weight_decay), lr=task.lr,
-                                           betas=(0.9, 0.999), fused=device.type == "cuda" or None)
+        # timm's AdamW with its parameter groups: weight decay on weight matrices only, not on
+        # biases, norm gains, what the model's no_weight_decay() names (position embeddings,
+        # class token), or scalar activation coefficients (decaying those would pull every
+        # correction term towards zero). fused: one kernel per step on CUDA (default: foreach).
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=task.lr, weight_decay=task.weight_decay,
+                                             betas=(0.9, 0.999), fused=device.type == "cuda" or None)
+        # Not timm's CosineLRScheduler: its warmup starts at warmup_lr_init (0 wastes the first
+        # step) and peaks one step later than this recipe, whose first step already has lr/warmup
+        # and whose cosine reaches 0 after the last step; no step offset matches both phases.
         warmup, total = self.warmup, self.total_steps
 
         def lr_factor(step: int) -> float:  # step = optimizer steps taken so far
@@ -381,6 +389,12 @@ class _Run:
         start = 0
         if checkpoint is not None:
             state = checkpoint.load()
+            if state is not None and not self._same_optimizer_layout(state):
+                # A checkpoint from before the optimizer came from timm (other group order):
+                # its moments cannot be mapped back, so the run starts again, not fails.
+                warnings.warn("checkpoint's optimizer groups differ from this version's "
+                              "(saved by an older eafo-search); training this run from epoch 0", stacklevel=2)
+                state = None
             if state is not None:
                 start = self._restore(state)
                 self.resumed_from = start
@@ -510,6 +524,11 @@ class _Run:
                 "history": [dict(h) for h in self.history], "first_loss": self.first_loss,
                 "seed": self.seed, "formula": self.candidate.formula}
 
+    def _same_optimizer_layout(self, state: dict) -> bool:
+        """Whether the checkpoint's optimizer has our parameter groups (sizes, in order)."""
+        saved = [len(g["params"]) for g in state.get("optimizer", {}).get("param_groups", [])]
+        return saved == [len(g["params"]) for g in self.optimizer.param_groups]
+
     def _restore(self, state: dict) -> int:
         if state.get("formula") != self.candidate.formula or state.get("seed") != self.seed:
             raise ValueError(f"checkpoint is for {state.get('formula')!r} seed {state.get('seed')!r}, "
@@ -561,19 +580,6 @@ def _cpu_copy(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only (timm's convention): not on biases, norm
-    gains, position embeddings, class tokens, or scalar activation coefficients
-    (decaying those would pull every correction term towards zero)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @contextlib.contextmanager

@@ -6,9 +6,10 @@ held-out test split, which the search never saw.
 
 - Which: `select` ranks by search score in the metric's direction, skips
   duplicates (same fingerprint) and near-duplicates (the same formula whose
-  coefficients differ by at most NEAR_TOLERANCE: a search around a good
-  region proposes many of those, and confirming three copies of one
-  candidate would spend the slots of three different ones).
+  coefficients differ by at most NEAR_TOLERANCE from a chosen candidate or a
+  baseline: a search around a good region proposes many of those, and
+  confirming three copies of one candidate would spend the slots of three
+  different ones).
 - How many seeds: racing (search.racing) by default; `--no-racing` runs every
   candidate on every seed.
 - Where: a runner. `LocalRunner` trains in this process (the Optuna backend);
@@ -75,20 +76,21 @@ def select(records: list[TrialRecord], top_k: int, baselines: dict, metric) -> t
             scores.setdefault(r.fingerprint, r.score)
     chosen: list[Entry] = []
     skipped: list[tuple[str, str]] = []
-    seen = {c.fingerprint for c in baselines.values()}
+    # The baselines are confirmed whatever happens: a candidate near one of them (CRReLU with
+    # eps 0.03 instead of 0.01) would spend a slot on what is confirmed anyway.
+    base = [Entry(label, c.to_dict(), c.fingerprint, scores.get(c.fingerprint)) for label, c in baselines.items()]
+    seen = {e.fingerprint for e in base}
     for r in sorted((r for r in records if r.is_ok and r.duplicate_of is None and r.fingerprint),
                     key=lambda r: (-metric.sign * r.score, r.number)):
         if r.fingerprint in seen or len(chosen) == top_k:
             continue
         seen.add(r.fingerprint)
-        like = next((e for e in chosen if near(e.candidate, r.candidate)), None)
+        like = next((e for e in chosen + base if near(e.candidate, r.candidate)), None)
         if like is not None:
             skipped.append((r.label, like.label))
             continue
         chosen.append(Entry(r.label, r.candidate, r.fingerprint, r.score))
-    for label, c in baselines.items():
-        chosen.append(Entry(label, c.to_dict(), c.fingerprint, scores.get(c.fingerprint)))
-    return chosen, skipped
+    return chosen + base, skipped
 
 
 # ---------------------------------------------------------------------------

@@ -245,9 +245,9 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
     done = _evaluated(study)
     remaining = config.trials - done
     if remaining <= 0:
-        print(f"study {config.study_name!r} already holds {done} evaluated trials "
-              f"(--trials {config.trials}): no new trials", file=sys.stderr)
-        return records_from_study(study)
+        records = records_from_study(study)
+        print(policy.already_done_note(config.study_name, records, config.trials), file=sys.stderr)
+        return records
     if done:
         print(f"resuming study {config.study_name!r}: {done} evaluated trials kept, "
               f"{remaining} to run", file=sys.stderr)
@@ -283,10 +283,10 @@ def run_optuna(config, space, task, study_dir: Path, progress: bool = True) -> l
         tracker.close()
     if rules.too_many_errors:
         raise TooManyErrors(rules.error_message(), records_from_study(study))
+    records = records_from_study(study)
     if rules.stop_reason is not None:
-        print(f"search stopped early: {rules.stop_reason}; {_evaluated(study)} of {config.trials} "
-              "trials evaluated", file=sys.stderr)
-    return records_from_study(study)
+        print(policy.stopped_note(rules.stop_reason, records, config.trials), file=sys.stderr)
+    return records
 
 
 def prefiltered_params(study, space, prefilter: policy.Prefilter, config) -> dict:

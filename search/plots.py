@@ -9,17 +9,19 @@ activations.png  the top confirmed activations and their derivatives, beside
                  marked by a triangle on the edge ("clipped").
 history.png      the optimisation history: each trial's validation score, the
                  running best (in the metric's direction), and the trials that
-                 never got a score
+                 never got a score; a duplicate (its owner's score, not trained
+                 again) is drawn hollow
 zero_cost.png    each searched candidate's negentropy (EAFO's output entropy
                  made scale-free and bin-free, at the study's sigma: EAFO
                  predicts higher is better) against its search score,
                  oriented so that up is better: the two quantities whose
                  Kendall tau the title (and the summary) prints
-Point labels are placed where they overlap no other label; one that fits
+Point labels are placed where they overlap no other label and no legend; one that fits
 nowhere is listed under the plot instead of printed over another.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ F_LIM, D_LIM = (-1.5, 4.5), (-0.6, 1.8)
 REFERENCES = ("gelu", "relu")
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+LEGEND_WIDTH = 72              # characters per legend line: about the width of one panel at fontsize 7
 # label offsets tried in turn, in points from the point: near first, then farther
 _OFFSETS = [(dx * r, dy * r) for r in (5, 12) for dx, dy in ((1, 1), (1, -1.6), (-1, 1), (-1, -1.6),
                                                            (0, 1.4), (0, -2), (1.4, 0), (-1.4, 0))]
@@ -94,9 +97,12 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
         except (ValueError, TypeError, RuntimeError) as e:  # drawn as missing, said in the legend
             ax_f.plot([], [], label=f"{r['label']}: cannot draw ({e})")
             continue
-        coefs = f" [{r['coefficients']}]" if r.get("coefficients") else ""
+        coefs = f"[{r['coefficients']}]" if r.get("coefficients") else ""
         formula = r["formula"] if len(r["formula"]) <= 45 else r["formula"][:42] + "..."
-        text = f"#{r['rank']} {r.get('name', r['label'])} ({_score_text(r, metric)}): {formula}{coefs}"
+        text = f"#{r['rank']} {r.get('name', r['label'])} ({_score_text(r, metric)}): {formula}"
+        # wrapped, not one long line: a legend wider than its panel squeezes both plots
+        text = "\n    ".join([text, *textwrap.wrap(coefs, LEGEND_WIDTH)]) \
+            if len(text) + len(coefs) >= LEGEND_WIDTH else f"{text} {coefs}".rstrip()
         # own line style and marker, markers offset along x: coinciding curves stay visible
         style = dict(color=f"C{i}", lw=1.8, ls=LINE_STYLES[i % len(LINE_STYLES)],
                      marker=MARKERS[i % len(MARKERS)], markersize=5, markevery=(5 + 9 * i, 40))
@@ -115,8 +121,9 @@ def plot_activations(path: str | Path, rows: list[dict], metric: Metric = ACCURA
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
         ax.axvline(0, color="0.85", lw=0.8, zorder=0)
         ax.grid(alpha=0.3)
-    if any(v["clipped"] for v in drawn.values()):
-        ax_d.plot([], [], ls="none", marker="^", color="0.3", label="clipped: the curve leaves the axes")
+    for ax, name in ((ax_f, "f(x)"), (ax_d, "f'(x)")):  # the key to the triangles, beside each panel that has them
+        if any(name in v["clipped"] for v in drawn.values()):
+            ax.plot([], [], ls="none", marker="^", color="0.3", label="clipped: the curve leaves the axes")
     # legends under the axes: they never cover a curve
     ax_f.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False)
     ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, ncol=2)
@@ -152,11 +159,16 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ok = [r for r in records if r.is_ok]
-    searched = [r for r in ok if not r.baseline]
+    searched = [r for r in ok if not r.baseline and r.duplicate_of is None]
+    # a duplicate repeats its owner's score without training: hollow, so it is not read as a new result
+    duplicates = [r for r in ok if not r.baseline and r.duplicate_of is not None]
     base = [r for r in ok if r.baseline]
     y = lambda rs: [metric.scale * r.score for r in rs]  # noqa: E731 - printed units (accuracy in %)
     if searched:
         ax.scatter([r.number for r in searched], y(searched), s=22, label="trial")
+    if duplicates:
+        ax.scatter([r.number for r in duplicates], y(duplicates), s=22, facecolors="none", edgecolors="C0",
+                   label="duplicate (earlier score, not trained)")
     if base:
         ax.scatter([r.number for r in base], y(base), marker="s", s=36, color="k", label="baseline")
     if ok:
@@ -178,7 +190,9 @@ def plot_history(path: str | Path, records: list[TrialRecord], metric: Metric = 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric.title} ({better(metric)})")
-    ax.set_title(f"Optimisation history ({len(ok)} scored of {len(records)} trials)")
+    n_dup = len(duplicates)
+    dup_text = f"; {n_dup} duplicate{'s' if n_dup > 1 else ''}, not trained" if n_dup else ""
+    ax.set_title(f"Optimisation history ({len(ok)} scored of {len(records)} trials{dup_text})")
     ax.grid(alpha=0.3)
     if ok or failed:
         ax.legend(fontsize=8, loc="best")
@@ -220,7 +234,9 @@ def place_labels(ax, xs, ys, labels, fontsize: int = 7) -> list:
     under the axes. Returns the annotations placed."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
-    placed, boxes, unplaced = [], [], []
+    placed, unplaced = [], []
+    legend = ax.get_legend()
+    boxes = [legend.get_window_extent(renderer)] if legend is not None else []  # nor over the legend
     for x, y, text in zip(xs, ys, labels):
         for dx, dy in _OFFSETS:
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,

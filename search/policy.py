@@ -70,6 +70,17 @@ def search_note(records: list[TrialRecord], trials: int) -> str | None:
             "toward --trials.")
 
 
+def already_done_note(study_name: str, records: list[TrialRecord], trials: int) -> str:
+    """A rerun whose study already holds --trials evaluated trials: nothing to search."""
+    return (f"study {study_name!r} already holds {evaluated(records)} evaluated trials (--trials {trials}): "
+            "no new trials")
+
+
+def stopped_note(reason: str, records: list[TrialRecord], trials: int) -> str:
+    """A search that ended before --trials (space exhausted, --timeout)."""
+    return f"search stopped early: {reason}; {evaluated(records)} of {trials} trials evaluated"
+
+
 def baselines_warning(trials: int, n_baselines: int) -> str | None:
     if trials > n_baselines:
         return None
@@ -368,5 +379,6 @@ class Best:
 
 
 __all__ = ["MAX_CONSECUTIVE_ERRORS", "MAX_DUPLICATES_IN_A_ROW", "COUNTED", "counts", "evaluated",
-           "search_note", "baselines_warning", "Built", "build", "Outcome", "precision_of", "record", "Registry",
-           "StopRules", "Prefilter", "Pruning", "pruning", "may_prune", "progress_line", "Best"]
+           "search_note", "already_done_note", "stopped_note", "baselines_warning", "Built", "build", "Outcome",
+           "precision_of", "record", "Registry", "StopRules", "Prefilter", "Pruning", "pruning", "may_prune",
+           "progress_line", "Best"]

@@ -46,6 +46,7 @@ import io
 import json
 import platform
 import sys
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -61,7 +62,8 @@ from search.stats import ALPHA, compare, mean_std
 CSV_COLUMNS = ["rank", "label", "formula", "coefficients", "fingerprint", "confirmed", "metric", "n_seeds",
                "mean", "std", "seeds", "per_seed", "stopped_after", "mean_diff_vs_gelu", "ci_low", "ci_high",
                "ci_level", "p_value", "p_holm", "n_pairs", "beats_gelu", "search_score", "search_trial",
-               "negentropy", "wafbc_distance", "atom_mass", "output_entropy", "learned_coefficients", "failures"]
+               "negentropy", "wafbc_distance", "atom_mass", "output_entropy", "learned_coefficients_mean",
+               "failures"]
 ZERO_COST_KEYS = ("negentropy", "wafbc_distance", "atom_mass", "output_entropy")  # evaluators.entropy_score's
 MIN_ROWS_FOR_TAU = 4  # below this a rank correlation says nothing
 POWER_EFFECT = 1.5    # the effect (in sd of the paired differences) whose simulated power the verdict quotes
@@ -164,6 +166,13 @@ def _decide(rows: list[dict], metric: Metric) -> None:
 
 def _is_trial_label(label: str) -> bool:
     return label.startswith("trial_") and label[6:].isdigit()
+
+
+# What a learned coefficient in the table, the plots and best.json is: each activation module
+# (one per layer) learns its own value, so one number is a mean.
+LEARNED_ARE = ("fixed ones as name=value, learnable ones as name initial->learned, where learned is the MEAN over "
+               "the model's activation layers and over the confirmation seeds (an unconfirmed row: its one "
+               "search trial)")
 
 
 def coefficient_text(candidate: dict | None, learned: dict | None) -> str:
@@ -301,6 +310,8 @@ def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int =
     n_more = sum(not r["confirmed"] for r in rows) - shown_unconfirmed
     if n_more:
         out.append(f"(+ {n_more} more searched, unconfirmed candidate(s) in leaderboard.csv)")
+    if any("->" in line[3] for line in lines):  # a learned value is a mean: say of what
+        out += textwrap.wrap(f"(coefficients: {LEARNED_ARE}; per seed and per layer in leaderboard.json)", 110)
     out.append(f"({metric.title}: {arrow} is better; ranked best first)")
     return "\n".join(out)
 
@@ -448,7 +459,9 @@ def _csv(rows: list[dict]) -> str:
         flat = dict(r)
         for k in ("seeds", "per_seed", "failures"):
             flat[k] = ";".join(str(x) for x in r[k])
-        flat["learned_coefficients"] = json.dumps(jsonable(r["learned_coefficients"]), sort_keys=True)
+        # a column named for what it holds: the mean over layers and seeds (the values behind it
+        # are in leaderboard.json, which a flat file cannot hold)
+        flat["learned_coefficients_mean"] = json.dumps(jsonable(r["learned_coefficients"]), sort_keys=True)
         w.writerow(jsonable(flat))
     return buf.getvalue()
 
@@ -470,6 +483,9 @@ def _best_json(row: dict, rows: list[dict], records: list[TrialRecord], confirma
         # behind it, per seed and per layer, in learned_coefficients_per_seed
         "learned_coefficients": row["learned_coefficients"],
         "learned_coefficients_per_seed": row["learned_coefficients_per_seed"],
+        "learned_coefficients_are": f"means over the activation layers of each trained model, then over the "
+                                    f"{row['n_seeds']} confirmation seeds; learned_coefficients_per_seed: seed "
+                                    "-> coefficient -> one value per layer",
         "confirmed": {"metric": metric.key("test"), "direction": metric.direction, "mean": row["mean"],
                       "std": row["std"], "n_seeds": row["n_seeds"], "seeds": row["seeds"],
                       "per_seed": row["per_seed"]},

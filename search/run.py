@@ -341,6 +341,7 @@ def prepare(config: SearchConfig):
                                  test_size=config.test_size, device=config.device, data_root=config.data_root,
                                  download=config.download)
     task = resolve_hardware(config, task)
+    _check_ray_only(config)
     # The data is there and every size fits it; nothing stays loaded here (under Ray the
     # driver trains nothing; under Optuna the first trial loads its split on the device).
     task.check_data()
@@ -405,6 +406,19 @@ def resolve_sigma(config: SearchConfig, task) -> dict:
     stats = preactivation_std(task.model, task.dataset, mlp=getattr(task, "mlp", "plain"),
                               data_root=task.data_root, device="cpu")
     return {"setting": SIGMA_MEASURED, "sigma": stats.sigma, "preactivation": stats.to_dict()}
+
+
+def _check_ray_only(config: SearchConfig) -> None:
+    """The Ray backend's options are an error elsewhere: `--ray-address HOST` without
+    `--backend ray` would otherwise search on this machine without a word."""
+    if config.backend == "ray":
+        return
+    default = SearchConfig()
+    given = [f"--{k.replace('_', '-')}" for k in ("ray_address", "cpus_per_trial", "gpus_per_trial", "max_concurrent")
+             if getattr(config, k) != getattr(default, k)]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
+                         f"--backend ray; add --backend ray (--backend {config.backend} trains in this process)")
 
 
 def _check_study_dir(config: SearchConfig) -> None:

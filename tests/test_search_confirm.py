@@ -36,6 +36,11 @@ def test_near_duplicates_do_not_take_confirmation_slots():
     assert [e.label for e in entries] == ["trial_4", "trial_6", "trial_7", "gelu", "relu", "silu", "crrelu"]
     assert skipped == [("trial_5", "trial_4")]
     assert cm.near(_crrelu_like(0.31).to_dict(), _crrelu_like(0.36).to_dict())
+    # near a baseline (confirmed anyway): CRReLU's formula with eps 0.03 instead of 0.01 takes no slot
+    close_to_crrelu = spaces.parse("relu(x) + eps*x*exp(-x**2/2)", init={"eps": 0.03}, learnable=["eps"])
+    entries, skipped = cm.select(records + [_rec(9, close_to_crrelu, 0.95)], 3, BASELINES, ACCURACY)
+    assert skipped == [("trial_9", "crrelu"), ("trial_5", "trial_4")]
+    assert [e.label for e in entries][:3] == ["trial_4", "trial_6", "trial_7"]
     assert not cm.near(_crrelu_like(0.31).to_dict(), _crrelu_like(0.37).to_dict())
 
 

@@ -33,6 +33,11 @@ def test_the_user_is_told_why_more_trials_were_printed_and_when_nothing_is_searc
     assert "nothing will be searched" in policy.baselines_warning(4, 4)
     assert "nothing will be searched" in policy.baselines_warning(3, 4)
     assert policy.baselines_warning(5, 4) is None
+    # a rerun with nothing to do, and a search that ended short, count what --trials counts
+    assert policy.already_done_note("s", records, 2) == \
+        "study 's' already holds 2 evaluated trials (--trials 2): no new trials"
+    assert policy.stopped_note("--timeout 5 s reached", records, 3) == \
+        "search stopped early: --timeout 5 s reached; 2 of 3 trials evaluated"
 
 
 def test_the_registry_gives_a_fingerprint_to_its_first_finished_owner():

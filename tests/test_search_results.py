@@ -113,6 +113,19 @@ def test_a_minimizing_metric_ranks_lower_first_and_decides_on_improvements():
     assert agreement["y"] == [-r["search_score"] for r in rows]
 
 
+def test_rows_of_one_formula_are_told_apart_by_their_coefficients_and_a_learned_value_is_called_a_mean():
+    rows = build_leaderboard(_records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}))
+    table = format_table(rows)
+    same = {r["label"]: r["coefficients"] for r in rows if r["formula"] == CAND.formula}
+    assert same == {"trial_4": "eps -0.3->-0.25", "crrelu": "eps 0.01->0.02"}  # init -> learned mean
+    assert all(any(line.split()[1] == label and text in line for line in table.splitlines())
+               for label, text in same.items())
+    assert "learned is the MEAN over the model's activation layers and over the confirmation seeds" \
+        in " ".join(table.split())  # the note is wrapped
+    fixed = build_leaderboard([_trial(0, spaces.parse("x*sigmoid(a*x)", init={"a": 1.1}), 0.8)], [])
+    assert fixed[0]["coefficients"] == "a=1.1" and "MEAN" not in format_table(fixed)  # nothing learned
+
+
 def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_gelu(tmp_path):
     config = SearchConfig(runs_dir=str(tmp_path), study="s")
     summary = write_results(tmp_path, _records(), _confirmations({1: 0.860, 2: 0.845, 3: 0.858}), config)
@@ -127,6 +140,8 @@ def test_write_results_writes_every_file_atomically_and_says_when_nothing_beats_
     assert best["learned_coefficients"] == {"eps": pytest.approx(-0.25)}
     assert best["learned_coefficients_per_seed"] == {"1": {"eps": [-0.2, -0.3]}, "2": {"eps": [-0.2, -0.3]},
                                                      "3": {"eps": [-0.2, -0.3]}}
+    assert "means over the activation layers" in best["learned_coefficients_are"] and \
+        "3 confirmation seeds" in best["learned_coefficients_are"]  # the mean says it is one
     assert best["confirmed"]["seeds"] == [1, 2, 3] and best["confirmed"]["n_seeds"] == 3
     assert best["confirmed"]["metric"] == "test_acc" and best["confirmed"]["direction"] == "maximize"
     assert best["vs_gelu"]["beats_gelu"] is False and "Holm" in best["vs_gelu"]["decision"]
@@ -173,6 +188,8 @@ def test_every_row_carries_its_zero_cost_scores_at_the_studys_sigma_and_the_summ
     assert f"negentropy (higher first) and the ranking by search score have Kendall tau {tau:+.2f}" \
         in summary.text
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert "output_entropy" in header and "wafbc_distance" in header
+    assert "learned_coefficients_mean" in header and "learned_coefficients" not in header  # says it is a mean
     assert {"negentropy", "wafbc_distance", "atom_mass", "output_entropy"} <= set(header)
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["sigma"] == {"setting": "measured", "sigma": 0.16, "preactivation": None}
@@ -247,7 +264,7 @@ def test_activation_curves_are_told_apart_and_clipped_ones_are_marked(figures, t
     # f'(0) = 4 and f(-1) = -1.82 leave the axes; gelu stays inside both
     assert drawn["trial_8"]["clipped"] == ["f(x)", "f'(x)"] and not drawn["gelu"]["clipped"]
     d_legend = [t.get_text() for t in figures[0].axes[1].get_legend().get_texts()]
-    assert any("clipped" in t for t in d_legend)
+    assert any("clipped" in t for t in d_legend) and any("clipped" in t for t in legend)  # both panels
 
 
 def test_zero_cost_plots_the_quantities_whose_tau_it_prints(figures, tmp_path):
@@ -299,3 +316,40 @@ def test_a_gated_study_names_its_curves_geglu_and_plots_say_which_way_is_better(
     assert "GEGLU" in legend and "crrelu-glu" in legend and "gated MLP" in figures[0]._suptitle.get_text()
     plots.plot_history(tmp_path / "h.png", _records(), BITS_PER_CHAR, mlp="glu")
     assert figures[1].axes[0].get_ylabel() == "validation bits per character (lower is better)"
+
+
+def test_the_history_draws_a_duplicate_hollow_and_keeps_labels_off_the_legend(figures, tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from search import plots
+
+    plots.plot_history(tmp_path / "h.png", _records())
+    ax = figures[0].axes[0]
+    assert "1 duplicate, not trained" in ax.get_title()
+    by_label = dict(zip([t.get_text() for t in ax.get_legend().get_texts()], ax.get_legend().legend_handles))
+    hollow = next(c for c in ax.collections if c.get_label().startswith("duplicate"))
+    assert hollow.get_offsets().tolist() == [[6, 86.0]]  # trial 6, the duplicate of trial 4
+    assert hollow.get_facecolors().size == 0 or to_rgba(hollow.get_facecolors()[0])[3] == 0
+    assert "duplicate (earlier score, not trained)" in by_label
+    trials = next(c for c in ax.collections if c.get_label() == "trial")
+    assert [6, 86.0] not in trials.get_offsets().tolist()
+    renderer = figures[0].canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    labels = [t for t in ax.texts if t.get_text() in ("gelu", "relu", "silu", "crrelu")]
+    assert len(labels) == 4 and not any(t.get_window_extent(renderer).overlaps(legend_box) for t in labels)
+
+
+def test_long_formulas_and_many_coefficients_wrap_in_the_legend_and_leave_the_panels_their_width(figures, tmp_path):
+    from search import plots
+
+    long = spaces.parse("relu(x) + eps*x*exp(-x**2/2) + beta*tanh(gamma*x) + delta*x**2*exp(-x**2)",
+                        init={"eps": 0.0123, "beta": -0.314, "gamma": 1.234, "delta": 0.05},
+                        learnable=["eps", "beta", "gamma"])
+    conf = _confirmations({1: 0.860, 2: 0.845, 3: 0.858}) + _confirm(
+        "trial_8", long, {1: 0.85, 2: 0.85, 3: 0.86}, {"eps": 0.0234, "beta": -0.2871, "gamma": 1.3012})
+    plots.plot_activations(tmp_path / "a.png", build_leaderboard(_records() + [_trial(8, long, 0.85)], conf))
+    fig = figures[0]
+    entry = next(t.get_text() for t in fig.axes[0].get_legend().get_texts() if "trial_8" in t.get_text())
+    assert "gamma 1.23->1.3" in entry and "delta=0.05" in entry  # every coefficient, fixed and learned
+    assert all(len(line) <= plots.LEGEND_WIDTH + 4 for line in entry.splitlines()) and "\n" in entry
+    assert all(ax.get_position().width > 0.38 for ax in fig.axes[:2])  # not squeezed by a wide legend

@@ -191,6 +191,8 @@ BAD = {
     "ray: cuda without a gpu per trial": (["--backend", "ray", "--device", "cuda"], "--gpus-per-trial > 0"),
     "ray: a numbered cuda device": (["--backend", "ray", "--device", "cuda:1", "--gpus-per-trial", "1"],
                                     "use --device cuda"),
+    "ray options without --backend ray": (["--ray-address", "127.0.0.1:1", "--max-concurrent", "2"],
+                                          "--ray-address, --max-concurrent are options of --backend ray"),
 }
 
 

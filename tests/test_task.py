@@ -201,3 +201,64 @@ def test_replace_shares_loaded_data_and_pickling_drops_it():
     assert task.replace(train_size=500).load_split("val").train_x.shape[0] == 500
     sent = pickle.loads(pickle.dumps(task))  # what a Ray worker receives: config, no tensors
     assert sent == task and sent._splits == {}
+
+
+@pytest.mark.parametrize("model", ["vit-nano", "resnet-tiny"])
+def test_the_optimizer_is_timms_adamw_decaying_weight_matrices_only(model):
+    """timm's parameter groups give the recipe's AdamW exactly: weight decay on every weight
+    matrix (conv kernels included), none on biases, norm gains, what the model's
+    no_weight_decay() names (ViT's position embedding and class token) or the activation's
+    learnable coefficients; every trainable parameter in exactly one group."""
+    from evaluators.task import _Run
+
+    task = ProxyTask(model=model, epochs=2, **SMALL)
+    run = _Run(task, CRRELU, task.load_split("val"), seed=0, device=torch.device("cpu"), split="val")
+    opt, named = run.optimizer, dict(run.model.named_parameters())
+    assert type(opt) is torch.optim.AdamW
+    skip = set(getattr(run.model, "no_weight_decay", lambda: set())())
+    expected = {n for n, p in named.items() if p.ndim >= 2 and n not in skip}
+    by_id = {id(p): n for n, p in named.items()}
+    decayed = {by_id[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    grouped = [by_id[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(n for n, p in named.items() if p.requires_grad)  # each once
+    assert decayed == expected and expected
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, task.weight_decay}
+    coefficient_names = {n for n in named if n.endswith("eps")}
+    assert coefficient_names and not coefficient_names & decayed  # corrections are not pulled to 0
+    if model == "vit-nano":
+        assert {"pos_embed", "cls_token"} <= skip and not {"pos_embed", "cls_token"} & decayed
+    for g in opt.param_groups:
+        assert (g["betas"], g["eps"], g["amsgrad"], g["initial_lr"]) == ((0.9, 0.999), 1e-8, False, task.lr)
+
+
+def test_the_lr_warms_up_linearly_from_the_first_step_then_decays_to_zero_after_the_last():
+    """The recipe's schedule, step by step (why it is not timm's CosineLRScheduler: see _Run)."""
+    from evaluators.task import _Run
+
+    task = ProxyTask(epochs=2, **SMALL)
+    run = _Run(task, CRRELU, task.load_split("val"), seed=0, device=torch.device("cpu"), split="val")
+    w, total = run.warmup, run.total_steps
+    lrs = []
+    for _ in range(total):
+        lrs.append(run.optimizer.param_groups[0]["lr"])  # the lr this step trains with
+        run.optimizer.step()
+        run.scheduler.step()
+    assert w >= 2 and lrs[:w] == pytest.approx([task.lr * (k + 1) / w for k in range(w)])
+    assert lrs[w:] == pytest.approx([task.lr * 0.5 * (1 + math.cos(math.pi * (k - w) / (total - w)))
+                                      for k in range(w, total)])  # peak at step w, then cosine
+    assert lrs[-1] > 0  # the last step still learns
+    assert run.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_checkpoint_with_another_optimizer_layout_trains_afresh_with_a_warning(two_epochs):
+    """A checkpoint saved before the optimizer came from timm (decay group first) cannot be
+    mapped onto today's groups: the run starts at epoch 0 with a warning instead of failing."""
+    task, rec, full = two_epochs
+    state = dict(rec.saved[0])
+    opt = dict(state["optimizer"])
+    opt["param_groups"] = list(reversed(opt["param_groups"]))  # the old order: sizes no longer line up
+    state["optimizer"] = opt
+    with pytest.warns(UserWarning, match="optimizer groups differ"):
+        again = task.evaluate(CRRELU, seed=0, checkpoint=Recorder(states=state))
+    assert again.resumed_from_epoch in (None, 0) and again.epochs_completed == 2
+    assert _untimed(again.history) == _untimed(full.history)

@@ -121,8 +121,7 @@ def _search(config, space, task, study_dir: Path, progress: bool) -> list[TrialR
     remaining = config.trials - policy.evaluated(records)
     if remaining <= 0:
         if segments:
-            print(f"study {config.study_name!r} already holds {policy.evaluated(records)} evaluated trials "
-                  f"(--trials {config.trials}): no new trials", file=sys.stderr)
+            print(policy.already_done_note(config.study_name, records, config.trials), file=sys.stderr)
         return _finish(records, study_dir)
     if RUN["deadline"] is not None and time.time() >= RUN["deadline"]:
         return _finish(records, study_dir)
@@ -155,7 +154,7 @@ def _search(config, space, task, study_dir: Path, progress: bool) -> list[TrialR
     _raise_if_stopped(records)
     stopped = _stop_reason(segments)
     if stopped:
-        _say_stopped(stopped, records, config)
+        print(policy.stopped_note(stopped, records, config.trials), file=sys.stderr)
     return _finish(records, study_dir)
 
 
@@ -176,11 +175,6 @@ def _stop_reason(segments: list[Path]) -> str | None:
         return None
     rules = getattr(searcher, "rules", None)
     return rules.stop_reason if rules is not None and not rules.too_many_errors else None
-
-
-def _say_stopped(reason: str, records: list[TrialRecord], config) -> None:
-    print(f"search stopped early: {reason}; {policy.evaluated(records)} of {config.trials} trials evaluated",
-          file=sys.stderr)
 
 
 def _raise_if_stopped(records: list[TrialRecord]) -> None:
