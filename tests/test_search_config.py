@@ -141,6 +141,8 @@ def test_help_and_the_default_path_import_no_backend_library():
     # one set of timings: the epilog's is the README's
     readme = (ROOT / "README.md").read_text()
     assert f"about {run.DEFAULT_RUN_TIME} on 2" in p.stdout and run.DEFAULT_RUN_TIME in readme
+    assert f"about {run.DEFAULT_LM_RUN_TIME} on 2" in " ".join(p.stdout.split())
+    assert run.DEFAULT_LM_RUN_TIME in readme
 
 
 def test_usage_errors_import_no_backend_library():
