@@ -45,6 +45,7 @@ import csv
 import io
 import json
 import platform
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -269,6 +270,16 @@ def fmt(v: float | None, metric: Metric, signed: bool = False) -> str:
     return f"{metric.scale * v:+.{digits}f}" if signed else f"{metric.scale * v:.{digits}f}"
 
 
+_LONG_NUMBER = re.compile(r"\d+\.\d{5,}(?:e[-+]?\d+)?")
+
+
+def short_numbers(formula: str) -> str:
+    """The formula as tables print it: constants with 4 significant digits
+    (exp(-20.0812507814035*x**2) -> exp(-20.08*x**2), the correction at sigma 0.158);
+    the files keep the exact formula."""
+    return _LONG_NUMBER.sub(lambda m: f"{float(m.group()):.4g}", formula)
+
+
 def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int = 44,
                  max_unconfirmed: int = 5, reference: str = "GELU") -> str:
     """Rank, label, formula, coefficients, test score mean +- std (n seeds), improvement over
@@ -285,7 +296,7 @@ def format_table(rows: list[dict], metric: Metric = ACCURACY, max_formula: int =
             if shown_unconfirmed == max_unconfirmed:
                 continue
             shown_unconfirmed += 1
-        formula = r["formula"] or "?"
+        formula = short_numbers(r["formula"] or "?")
         if len(formula) > max_formula:
             formula = formula[:max_formula - 3] + "..."
         seeds = f"{r['n_seeds']}" + (", stopped" if r.get("stopped_after") else "")
@@ -337,7 +348,7 @@ def verdict(rows: list[dict], complete: bool, metric: Metric = ACCURACY, referen
                                             if not complete else ".")
     lines = []
     best = confirmed[0]
-    lines.append(f"Best confirmed: {name(best)} = {best['formula']}"
+    lines.append(f"Best confirmed: {name(best)} = {short_numbers(best['formula'])}"
                  + (f" [{best['coefficients']}]" if best.get("coefficients") else "")
                  + f": test {metric.title} {fmt(best['mean'], metric)} ± {fmt(best['std'], metric)} "
                  f"over {best['n_seeds']} seed(s).")

@@ -353,3 +353,19 @@ def test_long_formulas_and_many_coefficients_wrap_in_the_legend_and_leave_the_pa
     assert "gamma 1.23->1.3" in entry and "delta=0.05" in entry  # every coefficient, fixed and learned
     assert all(len(line) <= plots.LEGEND_WIDTH + 4 for line in entry.splitlines()) and "\n" in entry
     assert all(ax.get_position().width > 0.38 for ax in fig.axes[:2])  # not squeezed by a wide legend
+
+
+def test_tables_print_long_constants_with_four_significant_digits_and_files_keep_them_exact():
+    """A derived correction at sigma 0.158 carries exp(-20.0812507814035*x**2): the console
+    table and the verdict shorten it, leaderboard.json keeps the exact formula."""
+    from search.results import short_numbers
+
+    assert short_numbers("eps*x*exp(-20.0812507814035*x**2) + leaky_relu(x)") == \
+        "eps*x*exp(-20.08*x**2) + leaky_relu(x)"
+    assert short_numbers("relu(x) + 0.01*x + 1.5*x**2") == "relu(x) + 0.01*x + 1.5*x**2"  # short ones stay
+    rows = [{"rank": 1, "label": "trial_1", "formula": "eps*x*exp(-20.0812507814035*x**2) + relu(x)",
+             "coefficients": "eps=0.02", "confirmed": False, "mean": None, "std": None, "n_seeds": 0,
+             "mean_diff_vs_gelu": None, "ci_low": None, "ci_high": None, "beats_gelu": False,
+             "search_score": 0.7}]
+    table = format_table(rows)
+    assert "exp(-20.08*x**2)" in table and "20.0812507814035" not in table
