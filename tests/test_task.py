@@ -145,6 +145,17 @@ def test_test_split_scores_on_the_official_test_set():
     assert result.score == result.metrics["test_acc"] and "val_acc" not in result.metrics
 
 
+def test_test_split_is_scored_once_after_the_last_epoch_and_training_is_unchanged():
+    """A confirmation run's score is its last epoch's; the test set is not scored before."""
+    task = ProxyTask(epochs=2, test_size=500, **SMALL)
+    test, val = task.evaluate(CRRELU, seed=0, split="test"), task.evaluate(CRRELU, seed=0, split="val")
+    assert "test_acc" not in test.history[0] and "test_loss" not in test.history[0]
+    assert test.score == test.history[-1]["test_acc"] and "test_loss" in test.history[-1]
+    assert all("val_acc" in h for h in val.history)  # validation: every epoch (pruning, plots)
+    # scoring or not scoring in between leaves training bit for bit the same
+    assert [h["train_loss"] for h in test.history] == [h["train_loss"] for h in val.history]
+
+
 def test_result_round_trips_through_json(two_epochs):
     _, _, result = two_epochs
     d = json.loads(json.dumps(result.to_dict(), allow_nan=False))
