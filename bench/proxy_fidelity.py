@@ -33,6 +33,10 @@ the activations both measured:
     PYTHONPATH=. python bench/proxy_fidelity.py --dataset shakespeare --model gpt-nano --budget 2 \\
         --out bench/out/proxy_fidelity_lm.json                   # 12 x 3 seeds x (2 + 8) epochs
 
+`--long N` sets the long run's epochs when they are not a multiple of B: `--budget 3 --long 4`
+(with the 4-epoch trainings of the run above read back) asks whether the search's 3-epoch
+text trials rank like 4-epoch ones.
+
 Resumable: each finished (activation, budget, seed) is written to
 <out without .json>.trials/<activation>__B<budget>__s<seed>.json; a rerun with the same
 task settings reads it back instead of training again. Prints a markdown table, then
@@ -230,6 +234,9 @@ def main(argv=None) -> dict:
                                              "scores' rankings against training at 4B epochs")
     ap.add_argument("--budget", type=int, default=2, help="B, in epochs")
     ap.add_argument("--factor", type=int, default=4, help="the long run is factor * B epochs")
+    ap.add_argument("--long", type=int, default=None,
+                    help="the long run's epochs, when not a multiple of B (e.g. --budget 3 --long 4: "
+                         "does a 3-epoch proxy rank like the 4-epoch one?); default factor * B")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--activations", default=",".join(ACTIVATIONS),
                     help=f"comma-separated (default: the 12); extras: {', '.join(EXTRAS)}")
@@ -249,6 +256,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default="bench/out/proxy_fidelity.json")
     args = ap.parse_args(argv)
+    if args.long is not None and args.long <= args.budget:
+        ap.error(f"--long {args.long} must be more epochs than --budget {args.budget}")
 
     text = dataset_kind(args.dataset) == "text"
     if text:  # the text recipe, with what was given on the command line over it
@@ -269,7 +278,7 @@ def main(argv=None) -> dict:
     args.model = task.model
     metric = task.metric
     sigma = pre_sigma if args.correction_sigma == "measured" else float(args.correction_sigma)
-    budgets = sorted({args.budget, args.factor * args.budget})
+    budgets = sorted({args.budget, args.long or args.factor * args.budget})
     short, long_ = budgets[0], budgets[-1]
     names = [n.strip() for n in args.activations.split(",") if n.strip()]
     acts = {n: activation(n, sigma) for n in names}

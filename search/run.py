@@ -31,8 +31,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 # The bare command's wall time, as measured and recorded in the README (one set of timings:
 # the README's table and this line say the same).
-DEFAULT_RUN_TIME = "7 min"
-DEFAULT_LM_RUN_TIME = "16 min"  # the same for --dataset shakespeare
+DEFAULT_RUN_TIME = "6 min"
+DEFAULT_LM_RUN_TIME = "10 min"  # the same for --dataset shakespeare
 
 
 # ---------------------------------------------------------------------------
@@ -155,7 +155,7 @@ corrected over every confirmed candidate, says so at 5 % familywise error; with
 3 seeds that finds real improvements rarely: use --confirm-seeds 10 for a claim
 (racing, on by default, stops candidates that trail GELU after 3 seeds).
 
-language models: --dataset shakespeare takes gpt-nano, 4 epochs of 2,048
+language models: --dataset shakespeare takes gpt-nano, 3 epochs of 2,048
 sequences of 64 characters, and scores validation bits per character (lower
 is better; tables, "vs GELU" and the decision follow the direction): about
 {lm_minutes} on 2 idle CPU cores. --mlp glu makes the candidate the gate of a gated
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"silu is then shown as SwiGLU and gelu as GEGLU (default: {d.mlp})")
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help=f"training epochs per trial and per confirmation run (default: {IMAGE_DEFAULTS['epochs']}; "
-                        "text: 4)")
+                        "text: 3)")
     g.add_argument("--train-size", type=_positive_int, default=None,
                    help=f"training images per trial, stratified; text: sequences per epoch "
                         f"(default: {IMAGE_DEFAULTS['train_size']}; text: 2048)")

@@ -88,3 +88,14 @@ def test_the_lm_ranking_is_compared_with_the_image_one_in_each_metrics_direction
     reversed_ = {n: {"mean@8": bpc} for n, bpc in zip("abcd", (3.2, 3.3, 3.4, 3.5))}
     assert bench.compare_tracks(reversed_, BITS_PER_CHAR, 8, path)["tau"] == pytest.approx(-1.0)
     assert bench.compare_tracks(same, BITS_PER_CHAR, 8, tmp_path / "missing.json") is None
+
+
+def test_long_sets_the_reference_budget_and_must_exceed_b(bench, tmp_path, capsys):
+    out = bench.main(["--budget", "1", "--long", "2", "--seeds", "1", "--train-size", "200", "--val-size", "200",
+                      "--activations", "relu,tanh", "--threads", "1", "--out", str(tmp_path / "pf.json")])
+    assert out["budgets"] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "pf.trials").iterdir()) == \
+        ["relu__B1__s0.json", "relu__B2__s0.json", "tanh__B1__s0.json", "tanh__B2__s0.json"]
+    with pytest.raises(SystemExit):
+        bench.main(["--budget", "3", "--long", "3"])
+    assert "must be more epochs than --budget 3" in capsys.readouterr().err

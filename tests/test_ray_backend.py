@@ -303,7 +303,9 @@ def test_confirmation_runs_on_ray_workers_and_records_who_trained_it(killed_conf
     records = done.records
     assert all(r.status == "ok" and r.device == "cpu" and r.precision == "fp32" for r in records)
     assert all(r.node == platform.node() and r.pid != os.getpid() for r in records)  # workers, not the driver
-    assert len({r.pid for r in records}) >= 2  # two at a time, on different workers
+    # Runs went to two worker processes. The finished runs may all come from one of them:
+    # the other was killed mid-run, and Ray may hand its retry to the survivor.
+    assert len({r.pid for r in records} | {killed_confirmation["seen"]["pid"]}) >= 2
     lines = (killed_confirmation["config"].study_dir / cm.CONFIRM_FILE).read_text().splitlines()
     assert len(lines) == 4 and all({"pid", "node", "device"} <= set(json.loads(x)) for x in lines)
 
