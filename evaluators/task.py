@@ -55,7 +55,7 @@ class Checkpoint(Protocol):
 # "sample" is one sequence of block_size characters at a random offset of the training
 # part, so train_size sequences x block_size characters is one epoch's training tokens.
 # Sized so that a search trial (3 epochs, 192 steps, 393,216 training characters) takes
-# about 17 s on 2 idle CPU cores: 12 trials and 18 confirmation runs in about 10 min.
+# about 18 s on 2 idle CPU cores: 12 trials and 18 confirmation runs in about 10 min.
 TEXT_DEFAULTS = dict(
     model="gpt-nano",      # 4 layers, dim 64, 64 characters of context (evaluators/gpt.py)
     epochs=3,              # 4 took 14.5 min for the default search; the 3-epoch ranking of 9
