@@ -343,14 +343,27 @@ def prepare(config: SearchConfig):
                                  download=config.download)
     task = resolve_hardware(config, task)
     _check_ray_only(config)
-    # The data is there and every size fits it; nothing stays loaded here (under Ray the
-    # driver trains nothing; under Optuna the first trial loads its split on the device).
-    task.check_data()
+    backend = get_backend(config.backend)  # before the probe below, which needs Ray
+    transfer_task = None
     if config.transfer_to:
         from search import transfer
 
-        transfer.transfer_task(config, task).check_data()
-    backend = get_backend(config.backend)
+        transfer_task = transfer.transfer_task(config, task)
+    # The data is there and every size fits it. Nothing stays loaded here: under Optuna the
+    # first trial loads its split on the device; under Ray the driver trains nothing.
+    if config.backend == "ray" and config.ray_address not in (None, "local"):
+        # A cluster's workers read the data, and the driver may hold none: check it there,
+        # and measure sigma there while at it.
+        from search.ray_backend.probe import probe_on_cluster
+
+        measure = config.sigma == SIGMA_MEASURED and _saved_sigma(config) is None
+        measured = probe_on_cluster(config, task, transfer_task, measure_sigma=measure)
+        if measured is not None:
+            _SIGMA[config.study_dir] = measured
+    else:
+        task.check_data()
+        if transfer_task is not None:
+            transfer_task.check_data()
     _check_study_dir(config)
     from search.storage import check_storage
 
@@ -388,20 +401,35 @@ def resolve_hardware(config: SearchConfig, task):
     return task.replace(device=str(device), precision=task.resolve_precision(device))
 
 
+# Sigma measured on a cluster's worker by prepare(), by study folder: the driver may have no data.
+_SIGMA: dict = {}
+
+
 def resolve_sigma(config: SearchConfig, task) -> dict:
     """The input std the study's space and scores use: {"setting", "sigma", "preactivation"}.
 
     A number is used as given. "measured" is what the study measured when it started
-    (its sigma.json), else evaluators.preactivation_std of the task's model, dataset and
-    MLP kind at init, on the CPU (the same number on any machine; no data stays loaded).
+    (its sigma.json), else what prepare() measured on a cluster's worker, else
+    `measured_sigma(task)` here.
     """
+    if config.sigma != SIGMA_MEASURED:
+        return {"setting": config.sigma, "sigma": float(config.sigma), "preactivation": None}
+    return _saved_sigma(config) or _SIGMA.get(config.study_dir) or measured_sigma(task)
+
+
+def _saved_sigma(config: SearchConfig) -> dict | None:
+    """The measured sigma in the study's sigma.json, if the study has one (None for a number)."""
     from search.results import read_sigma
 
     if config.sigma != SIGMA_MEASURED:
-        return {"setting": config.sigma, "sigma": float(config.sigma), "preactivation": None}
+        return None
     saved = read_sigma(config.study_dir)
-    if saved is not None and saved.get("setting") == SIGMA_MEASURED:
-        return saved
+    return saved if saved is not None and saved.get("setting") == SIGMA_MEASURED else None
+
+
+def measured_sigma(task) -> dict:
+    """evaluators.preactivation_std of the task's model, dataset and MLP kind at init, on the
+    CPU (the same number on any machine; no data stays loaded), as resolve_sigma returns it."""
     from evaluators import preactivation_std
 
     stats = preactivation_std(task.model, task.dataset, mlp=getattr(task, "mlp", "plain"),

@@ -142,7 +142,7 @@ def test_rerunning_the_command_restores_a_killed_driver(ray_address, tmp_path):
     """SIGKILL the CLI after two trials finished; the same command finishes the study
     without training those two again, then confirms and writes the results."""
     args = cli("--backend", "ray", "--ray-address", ray_address, "--space", "eafo_default",
-               "--epochs", "2", "--train-size", "128", "--val-size", "128", "--test-size", "200",
+               "--epochs", "2", "--train-size", "512", "--val-size", "128", "--test-size", "200",
                "--trials", "5", "--max-concurrent", "2", "--confirm-top", "1", "--confirm-seeds", "2",
                "--runs-dir", str(tmp_path), "--study", "restore", "--device", "cpu")
     study = tmp_path / "restore"
@@ -156,12 +156,16 @@ def test_rerunning_the_command_restores_a_killed_driver(ray_address, tmp_path):
             assert first.poll() is None, f"the first run ended early: {first.stderr.read()[-2000:]}"
             assert time.time() < deadline, "two trials did not finish in time"
             time.sleep(0.1)
+        # The trials that ended by now, and a second for the driver to record them (a worker
+        # writes "end" before the driver has the result: a trial that ended just before the
+        # kill may rightly be resumed from its last checkpoint).
+        done_before = {e["number"] for e in read_events(events) if e["event"] == "end"}
+        time.sleep(1.0)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and nothing else: its own session
         first.wait()
         first.stderr.close()
     killed_at = time.time()
-    done_before = {e["number"] for e in read_events(events) if e["event"] == "end"}
 
     second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -362,3 +366,36 @@ def test_ray_workers_build_the_drivers_candidates_at_its_sigma_and_prefilter(ray
     for r in searched:
         assert r.fingerprint == space.build(r.params).fingerprint
         assert r.candidate == space.build(r.params).to_dict()
+
+
+def test_a_driver_without_the_data_searches_on_workers_that_have_it(ray_address, tmp_path, monkeypatch, capsys):
+    """On a cluster the data check and the sigma measurement run on a worker: a driver whose
+    EAFO_DATA_ROOT is an empty folder (the workers do not see the variable, and find Debian's
+    copy) searches and confirms, and sigma.json holds the worker's measurement."""
+    from search import run
+
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("EAFO_DATA_ROOT", str(empty))
+    with pytest.raises(ValueError):  # this process has no data
+        ProxyTask(train_size=64, val_size=64).check_data()
+    argv = ["--trials", "4", "--epochs", "1", "--train-size", "64", "--val-size", "64", "--test-size", "100",
+            "--confirm-seeds", "2", "--baselines", "gelu,relu", "--backend", "ray", "--ray-address", ray_address,
+            "--max-concurrent", "2", "--runs-dir", str(tmp_path / "runs"), "--study", "nodata"]
+    assert run.main(argv) == 0, capsys.readouterr().err
+    study_dir = tmp_path / "runs" / "nodata"
+    sigma = json.loads((study_dir / "sigma.json").read_text())
+    assert sigma["setting"] == "measured" and sigma["sigma"] == pytest.approx(0.158, abs=0.005)
+    assert any(r["confirmed"] for r in json.loads((study_dir / "leaderboard.json").read_text()))
+
+
+def test_workers_without_the_data_are_a_one_line_error_before_anything_is_written(ray_address, tmp_path, capsys):
+    from search import run
+
+    argv = ["--trials", "4", "--epochs", "1", "--train-size", "64", "--val-size", "64", "--backend", "ray",
+            "--ray-address", ray_address, "--data-root", str(tmp_path / "missing"),
+            "--runs-dir", str(tmp_path / "runs"), "--study", "nodata"]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "on the Ray cluster's workers" in err[0] and str(tmp_path / "missing") in err[0]
+    assert not (tmp_path / "runs" / "nodata").exists()

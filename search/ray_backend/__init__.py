@@ -14,6 +14,7 @@ The parts, one concern per module:
 - trainable.py   one trial on a worker: per-epoch reports and checkpoints
 - results.py     Tune's trials -> TrialRecords, ray_trials.json, progress lines
 - confirm.py     confirmation runs as Ray tasks on the workers
+- probe.py       the data check and the sigma measurement on a worker (the driver needs no data)
 
 This module runs them: `session` connects once for the search and the
 confirmation, `run_ray` runs the search, `confirm_runner` gives confirmation
@@ -60,7 +61,7 @@ MAX_FAILURES = 3             # retries of a trial whose worker died (then it is 
 _TUNE_ENV = {
     # Result files: JSON and CSV only (TensorBoard cannot log a trial's history list).
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-    # Tune snapshots the experiment after every checkpoint here (num_to_keep=1),
+    # Tune snapshots the experiment after every checkpoint here (num_to_keep is set),
     # which is what makes a restore lose nothing; it need not warn about it.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
@@ -146,7 +147,10 @@ def _search(config, space, task, study_dir: Path, progress: bool) -> list[TrialR
         run_config=tune.RunConfig(
             name=name, storage_path=str(study_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # 2, not 1: Tune deletes the older checkpoint when it registers a new one, then
+            # snapshots the experiment; a driver killed in between left a snapshot naming a
+            # deleted checkpoint, and that trial failed to restore (seen in the kill test)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()] + ([Progress(key)] if progress else [])))
     _fit(tuner)
     segments = experiment_dirs(study_dir)
